@@ -1,0 +1,230 @@
+"""The virtual-clock runtime: hosts, point-to-point links and applications in one process.
+
+Deterministic: time only moves when the event loop jumps to the next deadline,
+links draw loss from their own seeded generators, and applications are Python
+generators that yield socket operations (``n = yield sock.send(data)``) or
+``Sleep(seconds)``. Nothing sleeps for real.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+
+from ..host import Host
+from ..socket import Op, Socket
+from ..sysctl import Sysctl
+
+
+@dataclass
+class Sleep:
+    seconds: float
+
+
+@dataclass
+class Link:
+    """A point-to-point link: propagation delay, Bernoulli loss, an MTU that drops bigger frames."""
+
+    a: Host
+    b: Host
+    delay_s: float = 0.0
+    loss: float = 0.0
+    mtu: int = 65535
+    seed: int = 0
+    capture: list | None = None          # (time, Segment) of every frame put on the link
+    rng: random.Random = field(init=False)
+    dropped: int = 0
+    delivered: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def peer(self, host: Host) -> Host:
+        return self.b if host is self.a else self.a
+
+
+class _Process:
+    __slots__ = ("pid", "host", "gen", "op", "wake_at", "done", "result", "error", "name")
+
+    def __init__(self, pid: int, host: Host, gen, name: str) -> None:
+        self.pid = pid
+        self.host = host
+        self.gen = gen
+        self.op = None
+        self.wake_at = None
+        self.done = False
+        self.result = None
+        self.error = None
+        self.name = name
+
+
+class VirtualNetwork:
+    def __init__(self, seed: int = 0) -> None:
+        self.now = 0.0
+        self.seed = seed
+        self.hosts: list[Host] = []
+        self.links: dict = {}            # host -> Link
+        self._events: list = []          # (time, seq, fn, args)
+        self._seq = itertools.count()
+        self._procs: list[_Process] = []
+        self._pid = itertools.count(1)
+
+    # --- building -----------------------------------------------------------------------
+
+    def add_host(self, addr: str, *, name: str = "", mtu: int = 1500, sysctl: Sysctl | None = None,
+                 rate_bps: float | None = None, tx_completion_delay_s: float = 0.0) -> Host:
+        from ..device import NetDevice
+        host = Host(addr, name=name, sysctl=sysctl, seed=self.seed * 7919 + len(self.hosts) + 1,
+                    device=NetDevice(mtu=mtu, rate_bps=rate_bps,
+                                     tx_completion_delay_s=tx_completion_delay_s))
+        self.hosts.append(host)
+        return host
+
+    def connect(self, a: Host, b: Host, **kw) -> Link:
+        link = Link(a, b, seed=self.seed * 104729 + len(self.links) + 1, **kw)
+        self.links[a] = link
+        self.links[b] = link
+        return link
+
+    def spawn(self, host: Host, gen, name: str = "") -> _Process:
+        proc = _Process(next(self._pid), host, gen, name)
+        self._procs.append(proc)
+        self._advance(proc, None, None)
+        self._flush(host)
+        return proc
+
+    def socket(self, host: Host) -> Socket:
+        return Socket(host)
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def at(self, t: float, fn, *args) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), fn, args))
+
+    def run(self, until: float | None = None, *, max_events: int = 50_000_000) -> float:
+        """Run until nothing is left to do (or ``until``); returns the final time."""
+        for _ in range(max_events):
+            t = self._next_time()
+            if t is None or (until is not None and t > until):
+                if until is not None:
+                    self.now = max(self.now, until)
+                return self.now
+            self.now = max(self.now, t)
+            self._step()
+        raise RuntimeError(f"virtual network still busy after {max_events} events")
+
+    def _next_time(self):
+        best = self._events[0][0] if self._events else None
+        for host in self.hosts:
+            d = host.next_deadline()
+            if d is not None and (best is None or d < best):
+                best = d
+        for proc in self._procs:
+            if proc.wake_at is not None and (best is None or proc.wake_at < best):
+                best = proc.wake_at
+        return best
+
+    def _step(self) -> None:
+        now = self.now
+        while self._events and self._events[0][0] <= now:
+            _, _, fn, args = heapq.heappop(self._events)
+            fn(*args)
+        for host in self.hosts:
+            d = host.next_deadline()
+            if d is not None and d <= now:
+                host.handle_timer(now)
+                self._flush(host)
+        for proc in list(self._procs):
+            if proc.wake_at is not None and proc.wake_at <= now:
+                proc.wake_at = None
+                self._advance(proc, None, None)
+                self._flush(proc.host)
+
+    def _deliver(self, host: Host, seg) -> None:
+        host.receive(seg, self.now)
+        self._flush(host)
+
+    def _flush(self, host: Host) -> None:
+        """Put the host's frames on its link and resume applications it woke."""
+        for _ in range(1000):
+            frames = host.take_frames()
+            if frames:
+                link = self.links.get(host)
+                if link is not None:
+                    self._transmit(link, host, frames)
+            if not host.woken:
+                return
+            woken = host.woken
+            host.woken = set()
+            for proc in self._procs:
+                if proc.op is not None and proc.host is host and proc.op.sock.tp in woken:
+                    self._resume(proc)
+
+    def _transmit(self, link: Link, src: Host, frames) -> None:
+        dst = link.peer(src)
+        for seg in frames:
+            if link.capture is not None:
+                link.capture.append((self.now, seg))
+            if len(seg.payload) + 40 + _opts_len(seg) > link.mtu:
+                link.dropped += 1
+                continue
+            if link.loss and link.rng.random() < link.loss:
+                link.dropped += 1
+                continue
+            link.delivered += 1
+            self.at(self.now + link.delay_s, self._deliver, dst, seg)
+
+    # --- applications -------------------------------------------------------------------
+
+    def _resume(self, proc: _Process) -> None:
+        op = proc.op
+        if op.step(self.now):
+            proc.op = None
+            if op.error:
+                self._advance(proc, None, op)
+            else:
+                self._advance(proc, op.result, None)
+
+    def _advance(self, proc: _Process, value, failed: Op | None) -> None:
+        """Run the application until it waits on something."""
+        while True:
+            try:
+                if failed is not None:
+                    try:
+                        failed.raise_error()
+                    except OSError as exc:
+                        item = proc.gen.throw(exc)
+                    failed = None
+                else:
+                    item = proc.gen.send(value)
+            except StopIteration as stop:
+                proc.done = True
+                proc.result = stop.value
+                self._procs.remove(proc)
+                return
+            except Exception as exc:  # the application failed: record it, stop it
+                proc.done = True
+                proc.error = exc
+                self._procs.remove(proc)
+                raise
+            if isinstance(item, Sleep):
+                proc.wake_at = self.now + max(item.seconds, 0.0)
+                return
+            if isinstance(item, Op):
+                if item.step(self.now):
+                    if item.error:
+                        failed = item
+                        value = None
+                        continue
+                    value = item.result
+                    continue
+                proc.op = item
+                return
+            raise TypeError(f"application yielded {item!r}; expected a socket operation or Sleep")
+
+
+def _opts_len(seg) -> int:
+    from ..device import _opt_len
+    return _opt_len(seg)

@@ -1,0 +1,1 @@
+"""sendlab orchestration: the CLI, conformance runs, demos; topologies and sweeps come here."""
