@@ -245,6 +245,8 @@ def tcp_recvmsg(tp, size: int, flags: int, now: float):
     if not flags & MSG_PEEK:
         del q[:n]
         tp.copied_seq = (tp.copied_seq + n) & 0xFFFFFFFF
+        from .tcp_input import tcp_rcv_space_adjust
+        tcp_rcv_space_adjust(tp, now)
         tcp_cleanup_rbuf(tp, n, now)
     return data
 

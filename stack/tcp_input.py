@@ -548,8 +548,7 @@ def tcp_data_queue(tp, seg, now: float) -> None:
             tp.host.mib["TcpExtTCPZeroWindowDrop"] += 1
             tcp_send_ack(tp, now)
             return
-        _queue_in_order(tp, payload, fin, now)
-        tcp_event_data_recv(tp, seg, now)
+        _queue_in_order(tp, seg, payload, fin, now)
         if tp.ooo_queue:
             _ofo_drain(tp, now)
             if not tp.ooo_queue:
@@ -569,22 +568,22 @@ def tcp_data_queue(tp, seg, now: float) -> None:
         return
     if before(seq, tp.rcv_nxt):
         # Partial overlap: keep only the new part.
-        cut = seq_sub(tp.rcv_nxt, seq)
-        payload = payload[cut:]
-        _queue_in_order(tp, payload, fin, now)
-        tcp_event_data_recv(tp, seg, now)
+        _queue_in_order(tp, seg, payload[seq_sub(tp.rcv_nxt, seq):], fin, now)
         _ofo_drain(tp, now)
         tp.host.wake(tp)
         return
     tcp_data_queue_ofo(tp, seq, end_seq, payload, fin, now)
 
 
-def _queue_in_order(tp, payload, fin: bool, now: float) -> None:
+def _queue_in_order(tp, seg, payload, fin: bool, now: float) -> None:
+    """Append in-order data; the delayed-ACK engine hears of data first, then of the FIN."""
     if payload:
         tp.receive_queue += payload
         tp.bytes_received += len(payload)
         tp.data_segs_in += 1
         tp.rcv_nxt = (tp.rcv_nxt + len(payload)) & 0xFFFFFFFF
+        if seg is not None:
+            tcp_event_data_recv(tp, seg, now)
     if fin:
         tcp_fin(tp, now)
 
@@ -595,7 +594,7 @@ def _ofo_drain(tp, now: float) -> None:
         seq, end_seq, data, fin = q.pop(0)
         if after(end_seq, tp.rcv_nxt) or (fin and end_seq == tp.rcv_nxt):
             cut = seq_sub(tp.rcv_nxt, seq)
-            _queue_in_order(tp, data[cut:], fin, now)
+            _queue_in_order(tp, None, data[cut:], fin, now)
     tcp_sack_update_blocks(tp)
 
 
@@ -641,7 +640,7 @@ def tcp_fin(tp, now: float) -> None:
     tp.rcv_nxt = (tp.rcv_nxt + 1) & 0xFFFFFFFF
     tp.shutdown |= RCV_SHUTDOWN
     tp.done = True
-    tp.ack_pending |= ICSK_ACK_SCHED | ICSK_ACK_NOW
+    tp.ack_pending |= ICSK_ACK_SCHED
     from .tcp import tcp_set_state, tcp_done
     if tp.state in (TCP_SYN_RECV, TCP_ESTABLISHED):
         tcp_set_state(tp, TCP_CLOSE_WAIT)
@@ -720,6 +719,9 @@ def tcp_rcv_established(tp, seg, now: float) -> None:
         return
     if tp.state not in (TCP_CLOSING, TCP_LAST_ACK, TCP_TIME_WAIT):
         tcp_data_queue(tp, seg, now)
+    # Receiving a FIN may have moved us to TIME_WAIT: nothing more to send then.
+    if tp.state in (TCP_CLOSE, TCP_TIME_WAIT):
+        return
     tcp_data_snd_check(tp, now)
     tcp_ack_snd_check(tp, now)
 
