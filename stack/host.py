@@ -15,10 +15,12 @@ from .constants import (
 )
 from .device import NetDevice
 from .mib import Mib
+from .packet import ip_to_packet, segment_is_sane
 from .segment import IcmpError, Segment
 from .sysctl import Sysctl
 from .tcp_ipv4 import tcp_v4_err, tcp_v4_rcv, tcp_v4_send_reset
 from .tcp_timer import tcp_handle_timers, tcp_next_deadline
+from .wire import MalformedPacket
 
 
 class PmtuEntry:
@@ -112,10 +114,14 @@ class Host:
             del self.pmtu[daddr]
         return self.device.mtu
 
+    def dev_mtu(self, daddr: str) -> int:
+        """The first hop's MTU: what the advertised MSS is computed from."""
+        return self.device.mtu
+
     def update_pmtu(self, daddr: str, mtu: int, now: float):
         """Learn a smaller path MTU from ICMP; returns the route's MTU after the update."""
         old = self.route_mtu(daddr)
-        if mtu >= old or mtu < 68:
+        if mtu >= old:
             return old
         locked = False
         if mtu < self.sysctl.route_min_pmtu:
@@ -130,11 +136,31 @@ class Host:
     def receive(self, seg: Segment, now: float) -> None:
         """One TCP segment addressed to this host."""
         self.now = now
+        if seg.daddr != self.addr or not segment_is_sane(seg):
+            self.mib["SendlabMalformedDropped"] += 1
+            return
         tcp_v4_rcv(self, seg, now)
         self.run_softirq(now)
 
+    def receive_ip(self, data, now: float) -> None:
+        """One IPv4 packet as bytes: decoded, checked, then handed to TCP or ICMP handling."""
+        self.mib["IpInReceives"] += 1
+        try:
+            pkt = ip_to_packet(data)
+        except MalformedPacket:
+            self.mib["IpInHdrErrors"] += 1
+            self.mib["SendlabMalformedDropped"] += 1
+            return
+        if isinstance(pkt, Segment):
+            self.receive(pkt, now)
+        elif isinstance(pkt, IcmpError):
+            self.receive_icmp(pkt, now)
+
     def receive_icmp(self, err: IcmpError, now: float) -> None:
         self.now = now
+        if not (isinstance(err.mtu, int) and 0 <= err.mtu <= 0xFFFF and 0 <= err.q_seq <= 0xFFFFFFFF):
+            self.mib["SendlabMalformedDropped"] += 1
+            return
         tcp_v4_err(self, err, now)
         self.run_softirq(now)
 

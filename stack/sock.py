@@ -144,6 +144,14 @@ class TcpSock:
         self.tcp_clock = 0.0
         self.reordering = self.sysctl.tcp_reordering
         self.highest_sack = None
+        self.rack_mstamp = 0.0      # RACK: send time of the latest-sent delivered skb
+        self.rack_rtt_us = 0
+        self.rack_end_seq = 0
+        self.rack_advanced = False
+        self.rack_reo_wnd_steps = 1
+        self.reord_seen = 0
+        self.tlp_high_seq = 0
+        self.tlp_retrans = False
         self.prr_delivered = 0
         self.prr_out = 0
         self.mtu_probe_seq_start = 0

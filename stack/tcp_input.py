@@ -318,11 +318,15 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
             flag |= FLAG_ORIG_SACK_ACKED
         if sacked & TCPCB_SACKED_ACKED:
             tp.sacked_out -= acked_pcount
+        else:
+            tp.delivered += acked_pcount
+            if tp.sack_ok:
+                from .tcp_recovery import tcp_rack_advance
+                tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
         if sacked & TCPCB_LOST:
             tp.lost_out -= acked_pcount
         tp.packets_out -= acked_pcount
         pkts_acked += acked_pcount
-        tp.delivered += acked_pcount
         if skb.tcp_flags & TCPHDR_SYN:
             flag |= FLAG_SYN_ACKED
         else:
@@ -366,17 +370,22 @@ def _tcp_tso_acked(tp, skb) -> int:
 
 def tcp_ack(tp, seg, flag: int, now: float) -> int:
     """Process the ACK field; returns >0 if it was used, 0 if old, <0 if it must be dropped."""
-    from . import tcp_recovery
+    from . import tcp_recovery as rec
     prior_snd_una = tp.snd_una
     ack = seg.ack_seq
-    ack_seq = seg.seq
     sack_state: dict = {}
+    opts = seg_opt(seg)
+    sack = opts.get("sack") if tp.sack_ok else None
     if before(ack, prior_snd_una):
-        # An old ACK: maybe a DSACK, otherwise nothing to learn.
+        # An old ACK: only its SACK blocks (maybe a DSACK) can tell us something.
         if before(ack, (prior_snd_una - tp.max_window) & 0xFFFFFFFF):
             return -1
-        if tp.sack_ok and "sack" in seg_opt(seg):
-            tcp_recovery.tcp_sacktag_write_queue(tp, seg_opt(seg)["sack"], prior_snd_una, sack_state, now)
+        if sack:
+            prior_delivered = tp.delivered
+            flag |= rec.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+            flag, rexmit = rec.tcp_fastretrans_alert(tp, prior_snd_una, 0, flag, now)
+            rec.tcp_xmit_recovery(tp, rexmit, now)
+            del prior_delivered
         return 0
     if after(ack, tp.snd_nxt):
         return -1
@@ -386,28 +395,34 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     prior_packets = tp.packets_out
     prior_in_flight = tp.packets_in_flight()
     prior_delivered = tp.delivered
-    flag |= tcp_ack_update_window(tp, seg, ack, ack_seq, now)
-    opts = seg_opt(seg)
-    if tp.sack_ok and "sack" in opts:
-        flag |= tcp_recovery.tcp_sacktag_write_queue(tp, opts["sack"], prior_snd_una, sack_state, now)
-    if seg.len or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
+    flag |= tcp_ack_update_window(tp, seg, ack, seg.seq, now)
+    if sack:
+        flag |= rec.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+    if seg.payload or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
         flag |= FLAG_DATA
     if not prior_packets:
         if tp.write_queue:
             tcp_ack_probe(tp, now)
+        if tp.tlp_high_seq:
+            rec.tcp_process_tlp_ack(tp, ack, flag)
         return 1
     clean_flag, pkts_acked = tcp_clean_rtx_queue(tp, prior_snd_una, now, sack_state)
     flag |= clean_flag
-    if tp.ca_state != TCP_CA_Open or flag & (FLAG_CA_ALERT | FLAG_NOT_DUP) != FLAG_NOT_DUP \
-            or tp.sacked_out or tp.lost_out:
-        is_dupack = not (flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP))
-        acked = tcp_recovery.tcp_fastretrans_alert(tp, prior_snd_una, pkts_acked, is_dupack,
-                                                   flag, now)
+    if tp.tlp_high_seq:
+        rec.tcp_process_tlp_ack(tp, ack, flag)
+    rexmit = rec.REXMIT_NONE
+    if not flag & FLAG_NOT_DUP or flag & FLAG_CA_ALERT or tp.ca_state != TCP_CA_Open:
+        num_dupack = 0
+        if not flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP | FLAG_DSACKING_ACK):
+            num_dupack = 1
+        flag, rexmit = rec.tcp_fastretrans_alert(tp, prior_snd_una, num_dupack, flag, now)
     if flag & FLAG_SET_XMIT_TIMER:
-        tcp_recovery.tcp_set_xmit_timer(tp, now)
+        rec.tcp_set_xmit_timer(tp, now)
+    if not tp.retrans_out and flag & FLAG_SND_UNA_ADVANCED and tp.ca_state == TCP_CA_Open:
+        tp.retrans_stamp = 0
     delivered = tp.delivered - prior_delivered
     tcp_cong_control(tp, ack, delivered, flag, prior_in_flight, now)
-    tcp_recovery.tcp_xmit_recovery(tp, now)
+    rec.tcp_xmit_recovery(tp, rexmit, now)
     return 1
 
 
@@ -443,7 +458,7 @@ def tcp_cong_control(tp, ack: int, acked_sacked: int, flag: int, prior_in_flight
                      now: float) -> None:
     from .tcp_recovery import tcp_cwnd_reduction, tcp_in_cwnd_reduction
     if tcp_in_cwnd_reduction(tp):
-        tcp_cwnd_reduction(tp, acked_sacked, flag, now)
+        tcp_cwnd_reduction(tp, acked_sacked, 0, flag, now)
     elif tcp_may_raise_cwnd(tp, flag):
         tp.ca_ops.cong_avoid(tp, ack, acked_sacked, now)
     tcp_update_pacing_rate(tp)

@@ -59,7 +59,8 @@ def tcp_connect_init(tp: TcpSock) -> None:
     if tp.user_mss:
         tp.mss_clamp = tp.user_mss
     tp.max_window = 0
-    tp.advmss = tcp_mss_clamp(tp, mtu - 40)
+    # The learned PMTU shapes what we send, not the MSS we advertise (as Linux does).
+    tp.advmss = tcp_mss_clamp(tp, tp.host.dev_mtu(tp.daddr) - 40)
     tp.tstamp_ok = bool(sysctl.tcp_timestamps)
     tp.sack_ok = bool(sysctl.tcp_sack)
     tp.wscale_ok = bool(sysctl.tcp_window_scaling)
@@ -123,7 +124,7 @@ def tcp_conn_request(listener: TcpSock, seg: Segment, now: float) -> None:
     mtu = host.route_mtu(child.daddr)
     child.wscale_ok = opt.get("wscale_ok", False)
     child.window_clamp = 0
-    child.advmss = tcp_mss_clamp(child, mtu - 40)
+    child.advmss = tcp_mss_clamp(child, host.dev_mtu(child.daddr) - 40)
     apply_syn_options(child, opt)
     ts_len = 12 if child.tstamp_ok else 0
     tcp_select_initial_window(child, tcp_full_space(child), child.advmss - ts_len)

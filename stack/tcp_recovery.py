@@ -1,34 +1,53 @@
-"""Loss recovery: the SACK scoreboard, fast retransmit with PRR, RTO loss state, tail loss probes.
+"""Loss recovery: SACK scoreboard, RACK loss detection, fast recovery with PRR, the RTO loss
+state, tail loss probes and undo.
 
-Follows tcp_input.c's tcp_sacktag_write_queue / tcp_fastretrans_alert and
-tcp_output.c's tcp_schedule_loss_probe / tcp_send_loss_probe. Loss detection
-uses the classic duplicate-ACK threshold (``tcp_reordering`` SACKed segments
-above a hole, or dupacks for non-SACK peers) rather than RACK's time-based rule.
+The congestion-state machine follows tcp_fastretrans_alert() in tcp_input.c;
+RACK (RFC 8985) follows tcp_recovery.c; TLP follows tcp_schedule_loss_probe()
+and tcp_send_loss_probe() in tcp_output.c. Non-SACK peers get NewReno's
+duplicate-ACK counting (tcp_newreno_mark_lost). F-RTO and SACK reneging
+detection are not modelled: an RTO always takes the conventional path.
 """
 
 from __future__ import annotations
 
 from .constants import (
-    ICSK_TIME_LOSS_PROBE, ICSK_TIME_RETRANS, TCP_CA_CWR, TCP_CA_Disorder, TCP_CA_Loss,
-    TCP_CA_Open, TCP_CA_Recovery,
+    ICSK_TIME_LOSS_PROBE, ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_CA_CWR, TCP_CA_Disorder,
+    TCP_CA_Loss, TCP_CA_Open, TCP_CA_Recovery, TCP_SYN_SENT,
 )
 from .jiffies import TICK_S, usecs_to_jiffies
 from .seq import after, before, seq_sub
-from .skbuff import TCPCB_LOST, TCPCB_SACKED_ACKED, TCPCB_SACKED_RETRANS
+from .skbuff import TCPCB_EVER_RETRANS, TCPCB_LOST, TCPCB_SACKED_ACKED, TCPCB_SACKED_RETRANS
 from .tcp_output import (
-    TCP_RTO_MAX, tcp_current_mss, tcp_fragment_rtx, tcp_rearm_rto, tcp_reset_xmit_timer,
-    tcp_retransmit_skb, tcp_write_xmit, tcp_xmit_retransmit_queue,
+    tcp_current_mss, tcp_fragment_rtx, tcp_rearm_rto, tcp_reset_xmit_timer, tcp_retransmit_skb,
+    tcp_skb_seglen, tcp_write_xmit, tcp_xmit_retransmit_queue,
 )
 
 FLAG_DATA_SACKED = 0x20
+FLAG_ECE = 0x40
+FLAG_LOST_RETRANS = 0x80
 FLAG_SND_UNA_ADVANCED = 0x400
 FLAG_DSACKING_ACK = 0x800
+FLAG_SET_XMIT_TIMER = 0x1000
+FLAG_DATA = 0x01
+FLAG_WIN_UPDATE = 0x02
+FLAG_DATA_ACKED = 0x04
+FLAG_SYN_ACKED = 0x10
+FLAG_NOT_DUP = FLAG_DATA | FLAG_WIN_UPDATE | FLAG_DATA_ACKED | FLAG_SYN_ACKED
+FLAG_DSACK_TLP = 0x20000
 TCP_TIMEOUT_MIN_US = 2000
 TCP_TIMEOUT_INIT_J = 250
+TCPCB_RETRANS = TCPCB_SACKED_RETRANS | TCPCB_EVER_RETRANS
+
+REXMIT_NONE = 0
+REXMIT_LOST = 1
 
 
 def tcp_is_sack(tp) -> bool:
     return tp.sack_ok
+
+
+def tcp_is_rack(tp) -> bool:
+    return bool(tp.sysctl.tcp_recovery & 1)
 
 
 def tcp_set_ca_state(tp, state: int) -> None:
@@ -41,21 +60,44 @@ def tcp_in_cwnd_reduction(tp) -> bool:
     return tp.ca_state in (TCP_CA_CWR, TCP_CA_Recovery)
 
 
+def tcp_left_out(tp) -> int:
+    return tp.sacked_out + tp.lost_out
+
+
+def tcp_any_retrans_done(tp) -> bool:
+    if tp.retrans_out:
+        return True
+    return bool(tp.rtx_queue and tp.rtx_queue[0].sacked & TCPCB_EVER_RETRANS)
+
+
 # --- SACK scoreboard -----------------------------------------------------------------------
 
 def tcp_sacktag_write_queue(tp, blocks, prior_snd_una: int, state: dict, now: float) -> int:
-    """Mark the skbs the peer's SACK blocks cover; returns FLAG_DATA_SACKED if any were new."""
+    """Mark the skbs the peer's SACK blocks cover; FLAG_DATA_SACKED if any were new."""
     flag = 0
-    for start, end in blocks:
+    for i, (start, end) in enumerate(blocks):
         if not after(end, start) or after(end, tp.snd_nxt):
             continue
-        if not after(end, prior_snd_una):
-            # A block below snd_una is a DSACK: the peer got something twice.
+        if i == 0 and (not after(end, prior_snd_una) or _inside_later_block(blocks, start, end)):
+            # A DSACK: the peer got these bytes twice (RFC 2883).
             flag |= FLAG_DSACKING_ACK
             tp.host.mib["TcpExtTCPDSACKRecv"] += 1
+            if tp.tlp_high_seq and not before(start, tp.tlp_high_seq - 1) and tp.tlp_retrans:
+                flag |= FLAG_DSACK_TLP
+            if tp.undo_marker and tp.undo_retrans > 0 and not before(start, tp.undo_marker):
+                tp.undo_retrans -= 1
+            continue
+        if not after(end, tp.snd_una):
             continue
         flag |= _sacktag_block(tp, start, end, state, now)
     return flag
+
+
+def _inside_later_block(blocks, start: int, end: int) -> bool:
+    for s, e in blocks[1:]:
+        if not before(start, s) and not after(end, e):
+            return True
+    return False
 
 
 def _sacktag_block(tp, start: int, end: int, state: dict, now: float) -> int:
@@ -75,110 +117,202 @@ def _sacktag_block(tp, start: int, end: int, state: dict, now: float) -> int:
         mss = skb.gso_size or tcp_current_mss(tp)
         # Cut the skb at the block's edges, on whole segments, so only what was SACKed is marked.
         if before(skb.seq, start):
-            cut = seq_sub(start, skb.seq) // mss * mss
-            if cut and cut < len(skb.data):
+            cut = -(-seq_sub(start, skb.seq) // mss) * mss
+            if cut < len(skb.data):
                 tcp_fragment_rtx(tp, skb, cut, mss)
-                i += 1
-                continue
             i += 1
             continue
         if after(skb.end_seq, end):
             cut = seq_sub(end, skb.seq) // mss * mss
-            if not cut or cut >= len(skb.data):
+            if not cut:
                 break
-            tcp_fragment_rtx(tp, skb, cut, mss)
-        _mark_sacked(tp, skb, state, now)
+            if cut < len(skb.data):
+                tcp_fragment_rtx(tp, skb, cut, mss)
+        _sacktag_one(tp, skb, state, now)
         flag |= FLAG_DATA_SACKED
         i += 1
     return flag
 
 
-def _mark_sacked(tp, skb, state: dict, now: float) -> None:
+def _sacktag_one(tp, skb, state: dict, now: float) -> None:
     pcount = skb.pcount or 1
-    if skb.sacked & TCPCB_SACKED_RETRANS:
+    sacked = skb.sacked
+    if sacked & TCPCB_SACKED_RETRANS:
         skb.sacked &= ~TCPCB_SACKED_RETRANS
         tp.retrans_out -= pcount
-    elif not skb.sacked & TCPCB_LOST:
+    elif not sacked & TCPCB_RETRANS:
         state["rtt_us"] = int((now - skb.tstamp) * 1e6)
-    if skb.sacked & TCPCB_LOST:
+    if sacked & TCPCB_LOST:
         skb.sacked &= ~TCPCB_LOST
         tp.lost_out -= pcount
     skb.sacked |= TCPCB_SACKED_ACKED
     tp.sacked_out += pcount
     tp.delivered += pcount
+    tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
     if tp.highest_sack is None or after(skb.end_seq, tp.highest_sack):
         tp.highest_sack = skb.end_seq
+
+
+# --- RACK ----------------------------------------------------------------------------------
+
+def _sent_after(t1: float, t2: float, seq1: int, seq2: int) -> bool:
+    return t1 > t2 or (t1 == t2 and after(seq1, seq2))
+
+
+def tcp_rack_advance(tp, sacked: int, end_seq: int, xmit_time: float, now: float) -> None:
+    """Remember the latest-sent packet known delivered, and its RTT."""
+    rtt_us = int((now - xmit_time) * 1e6)
+    if rtt_us < tp.min_rtt_us and sacked & TCPCB_RETRANS:
+        # Delivered faster than min_rtt: the original was SACKed, not this retransmission.
+        return
+    tp.rack_advanced = True
+    tp.rack_rtt_us = rtt_us
+    if _sent_after(xmit_time, tp.rack_mstamp, end_seq, tp.rack_end_seq):
+        tp.rack_mstamp = xmit_time
+        tp.rack_end_seq = end_seq
+
+
+def tcp_rack_reo_wnd(tp) -> int:
+    """The reordering window, in microseconds: none while recovering or past dupthresh."""
+    if not tp.reord_seen:
+        if tp.ca_state >= TCP_CA_Recovery:
+            return 0
+        if tp.sacked_out >= tp.reordering:
+            return 0
+    min_rtt = tp.min_rtt_us if tp.min_rtt_us != 0xFFFFFFFF else 0
+    return min((min_rtt >> 2) * tp.rack_reo_wnd_steps, tp.srtt_us >> 3)
+
+
+def tcp_rack_detect_loss(tp, now: float) -> int:
+    """Mark lost what was sent before the latest delivered packet and is overdue; returns the
+    longest remaining wait (us) of those not yet overdue."""
+    reo_wnd = tcp_rack_reo_wnd(tp)
+    reo_timeout = 0
+    for skb in sorted(tp.rtx_queue, key=lambda s: (s.tstamp, s.end_seq)):
+        if skb.sacked & TCPCB_SACKED_ACKED:
+            continue
+        if skb.sacked & TCPCB_LOST and not skb.sacked & TCPCB_SACKED_RETRANS:
+            continue
+        if not _sent_after(tp.rack_mstamp, skb.tstamp, tp.rack_end_seq, skb.end_seq):
+            break
+        remaining = tp.rack_rtt_us + reo_wnd - int((now - skb.tstamp) * 1e6)
+        if remaining <= 0:
+            tcp_mark_skb_lost(tp, skb)
+        else:
+            reo_timeout = max(reo_timeout, remaining)
+    return reo_timeout
+
+
+def tcp_rack_mark_lost(tp, now: float) -> bool:
+    if not tp.rack_advanced:
+        return False
+    tp.rack_advanced = False
+    timeout = tcp_rack_detect_loss(tp, now)
+    if timeout:
+        tcp_reset_xmit_timer(tp, ICSK_TIME_REO_TIMEOUT,
+                             usecs_to_jiffies(timeout + TCP_TIMEOUT_MIN_US), now)
+    return bool(timeout)
+
+
+def tcp_rack_reo_timeout(tp, now: float) -> None:
+    """The reordering window expired: what is still missing is lost."""
+    lost = tp.lost
+    prior_inflight = tp.packets_in_flight()
+    tcp_rack_detect_loss(tp, now)
+    if prior_inflight != tp.packets_in_flight():
+        if tp.ca_state != TCP_CA_Recovery:
+            tcp_enter_recovery(tp, False)
+            tcp_cwnd_reduction(tp, 1, tp.lost - lost, 0, now)
+        tcp_xmit_retransmit_queue(tp, now)
+    if tp.pending != ICSK_TIME_RETRANS:
+        tcp_rearm_rto(tp, now)
 
 
 # --- loss marking --------------------------------------------------------------------------
 
 def tcp_mark_skb_lost(tp, skb) -> None:
-    if skb.sacked & (TCPCB_LOST | TCPCB_SACKED_ACKED):
+    sacked = skb.sacked
+    if sacked & TCPCB_SACKED_ACKED:
         return
-    if skb.sacked & TCPCB_SACKED_RETRANS:
-        # A retransmission is itself lost: count it out of flight and retransmit again.
-        skb.sacked &= ~TCPCB_SACKED_RETRANS
-        tp.retrans_out -= skb.pcount or 1
-        tp.host.mib["TcpExtTCPLostRetransmit"] += 1
-    skb.sacked |= TCPCB_LOST
-    tp.lost_out += skb.pcount or 1
-    tp.lost += skb.pcount or 1
+    pcount = skb.pcount or 1
+    if sacked & TCPCB_LOST:
+        if sacked & TCPCB_SACKED_RETRANS:
+            # The retransmission is lost too: out of flight, to be sent again.
+            skb.sacked &= ~TCPCB_SACKED_RETRANS
+            tp.retrans_out -= pcount
+            tp.host.mib["TcpExtTCPLostRetransmit"] += pcount
+    else:
+        skb.sacked |= TCPCB_LOST
+        tp.lost_out += pcount
+        tp.lost += pcount
+
+
+def tcp_newreno_mark_lost(tp, snd_una_advanced: bool) -> None:
+    """Non-SACK peers: the head is lost after dupthresh dupacks, or on a partial ACK."""
+    state = tp.ca_state
+    if ((state < TCP_CA_Recovery and tp.sacked_out >= tp.reordering) or
+            (state == TCP_CA_Recovery and snd_una_advanced)):
+        skb = tp.rtx_queue[0]
+        if skb.sacked & TCPCB_LOST:
+            return
+        mss = tcp_current_mss(tp)
+        if len(skb.data) > mss:
+            tcp_fragment_rtx(tp, skb, mss, mss)
+        tcp_mark_skb_lost(tp, skb)
 
 
 def tcp_update_scoreboard(tp) -> None:
-    """Mark lost every un-SACKed skb with at least ``reordering`` SACKed segments above it."""
-    if not tcp_is_sack(tp):
-        if tp.rtx_queue:
-            tcp_mark_skb_lost(tp, tp.rtx_queue[0])
-        return
+    """Without RACK: mark lost every un-SACKed skb with dupthresh SACKed segments above it."""
     sacked_above = 0
     for skb in reversed(tp.rtx_queue):
         if skb.sacked & TCPCB_SACKED_ACKED:
             sacked_above += skb.pcount or 1
         elif sacked_above >= tp.reordering:
             tcp_mark_skb_lost(tp, skb)
-    if not tp.lost_out and tp.sacked_out and tp.rtx_queue:
-        # Fewer than dupthresh SACKed but recovery was entered: the head is the hole.
+    if not tp.lost_out and tp.rtx_queue:
         tcp_mark_skb_lost(tp, tp.rtx_queue[0])
 
 
-def tcp_add_reno_sack(tp) -> None:
-    """A duplicate ACK from a non-SACK peer counts as one segment that left the network."""
-    tp.sacked_out = min(tp.sacked_out + 1, max(tp.packets_out - 1, 0))
+def tcp_identify_packet_loss(tp, flag: int, now: float) -> int:
+    if not tp.rtx_queue:
+        return flag
+    if not tcp_is_sack(tp):
+        tcp_newreno_mark_lost(tp, bool(flag & FLAG_SND_UNA_ADVANCED))
+    elif tcp_is_rack(tp):
+        prior_retrans = tp.retrans_out
+        if tcp_rack_mark_lost(tp, now):
+            flag &= ~FLAG_SET_XMIT_TIMER
+        if prior_retrans > tp.retrans_out:
+            flag |= FLAG_LOST_RETRANS
+    return flag
 
 
-def tcp_remove_reno_sacks(tp, acked: int) -> None:
-    if acked > 0:
-        tp.sacked_out = max(tp.sacked_out - (acked - 1), 0)
+def tcp_add_reno_sack(tp, num_dupack: int) -> None:
+    """A duplicate ACK from a non-SACK peer stands for one segment that left the network."""
+    if num_dupack:
+        prior = tp.sacked_out
+        tp.sacked_out = min(tp.sacked_out + num_dupack, max(tp.packets_out - 1, 0))
+        if tp.sacked_out > prior:
+            tp.delivered += tp.sacked_out - prior
 
 
-# --- entering and leaving recovery ---------------------------------------------------------
+def tcp_reset_reno_sack(tp) -> None:
+    tp.sacked_out = 0
+
+
+# --- cwnd reduction ------------------------------------------------------------------------
 
 def tcp_init_cwnd_reduction(tp) -> None:
     tp.high_seq = tp.snd_nxt
+    tp.tlp_high_seq = 0
+    tp.snd_cwnd_cnt = 0
     tp.prior_cwnd = tp.snd_cwnd
     tp.prr_delivered = 0
     tp.prr_out = 0
     tp.snd_ssthresh = tp.ca_ops.ssthresh(tp)
 
 
-def tcp_enter_recovery(tp, now: float) -> None:
-    tp.host.mib["TcpExtTCPSackRecovery" if tcp_is_sack(tp) else "TcpExtTCPRenoRecovery"] += 1
-    tp.prior_ssthresh = 0
-    tp.undo_marker = tp.snd_una
-    tp.undo_retrans = tp.retrans_out or -1
-    if not tcp_in_cwnd_reduction(tp):
-        tcp_init_cwnd_reduction(tp)
-    tcp_set_ca_state(tp, TCP_CA_Recovery)
-
-
-def tcp_end_cwnd_reduction(tp) -> None:
-    if tp.snd_ssthresh < 0x7FFFFFFF and tp.ca_state in (TCP_CA_CWR, TCP_CA_Recovery):
-        tp.snd_cwnd = tp.snd_ssthresh
-        tp.snd_cwnd_stamp = 0
-
-
-def tcp_cwnd_reduction(tp, newly_acked_sacked: int, flag: int, now: float) -> None:
+def tcp_cwnd_reduction(tp, newly_acked_sacked: int, newly_lost: int, flag: int, now: float) -> None:
     """Proportional Rate Reduction (RFC 6937) as Linux does it."""
     if newly_acked_sacked <= 0 or not tp.prior_cwnd:
         return
@@ -189,101 +323,248 @@ def tcp_cwnd_reduction(tp, newly_acked_sacked: int, flag: int, now: float) -> No
         sndcnt = dividend // tp.prior_cwnd - tp.prr_out
     else:
         sndcnt = max(tp.prr_delivered - tp.prr_out, newly_acked_sacked)
-        if flag & FLAG_SND_UNA_ADVANCED:
+        if flag & FLAG_SND_UNA_ADVANCED and not newly_lost:
             sndcnt += 1
         sndcnt = min(delta, sndcnt)
+    # Force a fast retransmit upon entering fast recovery.
     sndcnt = max(sndcnt, 0 if tp.prr_out else 1)
     tp.snd_cwnd = tp.packets_in_flight() + sndcnt
 
 
-def tcp_enter_loss(tp, now: float) -> None:
-    """RTO: everything not SACKed is presumed lost; cwnd restarts from one segment."""
-    new_recovery = after(tp.snd_una, tp.high_seq) or tp.ca_state != TCP_CA_Loss
-    if tp.ca_state <= TCP_CA_Disorder or not after(tp.high_seq, tp.snd_una) or \
-            (tp.ca_state == TCP_CA_Loss and not tp.retransmits):
-        tp.prior_ssthresh = 0
-        tp.snd_ssthresh = tp.ca_ops.ssthresh(tp)
-        tp.undo_marker = tp.snd_una
-    tp.snd_cwnd = 1
-    tp.snd_cwnd_cnt = 0
-    tp.snd_cwnd_stamp = 0
-    tp.retrans_out = 0
-    tp.lost_out = 0
-    for skb in tp.rtx_queue:
-        skb.sacked &= ~TCPCB_SACKED_RETRANS
-        if not skb.sacked & TCPCB_SACKED_ACKED:
+def tcp_end_cwnd_reduction(tp) -> None:
+    # Reset cwnd to ssthresh at the end of a reduction, unless it was undone.
+    if tp.snd_ssthresh < 0x7FFFFFFF and tp.ca_state in (TCP_CA_CWR, TCP_CA_Recovery):
+        tp.snd_cwnd = tp.snd_ssthresh
+        tp.snd_cwnd_stamp = 0
+
+
+def tcp_enter_cwr(tp) -> None:
+    tp.prior_ssthresh = 0
+    if tp.ca_state < TCP_CA_CWR:
+        tp.undo_marker = 0
+        tcp_init_cwnd_reduction(tp)
+        tcp_set_ca_state(tp, TCP_CA_CWR)
+
+
+# --- undo ----------------------------------------------------------------------------------
+
+def tcp_init_undo(tp) -> None:
+    tp.undo_marker = tp.snd_una
+    tp.undo_retrans = tp.retrans_out or -1
+
+
+def tcp_may_undo(tp) -> bool:
+    return bool(tp.undo_marker) and (not tp.undo_retrans or tcp_packet_delayed(tp))
+
+
+def tcp_packet_delayed(tp) -> bool:
+    """The ACK echoes a timestamp from before our first retransmission: it was only delayed."""
+    if not tp.retrans_stamp or not tp.saw_tstamp or not tp.rcv_tsecr:
+        return False
+    from .tcp_output import tcp_time_stamp
+    stamp = tcp_time_stamp(tp, tp.retrans_stamp)
+    return ((stamp - tp.rcv_tsecr) & 0xFFFFFFFF) < 0x80000000 and stamp != tp.rcv_tsecr
+
+
+def tcp_undo_cwnd_reduction(tp, unmark_loss: bool) -> None:
+    if unmark_loss:
+        for skb in tp.rtx_queue:
             skb.sacked &= ~TCPCB_LOST
-            tcp_mark_skb_lost(tp, skb)
-    if not tcp_is_sack(tp):
-        tp.sacked_out = 0
-    if new_recovery:
-        tcp_set_ca_state(tp, TCP_CA_Loss)
-    tp.ca_state = TCP_CA_Loss
-    tp.high_seq = tp.snd_nxt
-    tp.reordering = min(tp.reordering, tp.sysctl.tcp_reordering)
+        tp.lost_out = 0
+    if tp.prior_ssthresh:
+        tp.snd_cwnd = tp.ca_ops.undo_cwnd(tp)
+        if tp.prior_ssthresh > tp.snd_ssthresh:
+            tp.snd_ssthresh = tp.prior_ssthresh
+    tp.undo_marker = 0
+    tp.host.mib["TcpExtTCPSpuriousRTOs" if tp.ca_state == TCP_CA_Loss else "TcpExtTCPFullUndo"] += 1
 
 
-def tcp_try_undo_recovery_exit(tp) -> None:
+def tcp_try_undo_recovery(tp) -> bool:
+    if tcp_may_undo(tp):
+        tcp_undo_cwnd_reduction(tp, False)
+    if tp.snd_una == tp.high_seq and not tcp_is_sack(tp):
+        # NewReno: hold the state until something above high_seq is ACKed.
+        if not tcp_any_retrans_done(tp):
+            tp.retrans_stamp = 0
+        return True
     tcp_set_ca_state(tp, TCP_CA_Open)
+    return False
 
 
-def tcp_fastretrans_alert(tp, prior_snd_una: int, pkts_acked: int, is_dupack: bool, flag: int,
-                          now: float) -> int:
-    """The congestion-state machine, entered on anything but a clean in-order ACK."""
-    if not tp.packets_out and tp.sacked_out:
-        tp.sacked_out = 0
-    if not tcp_is_sack(tp):
-        if is_dupack:
-            tcp_add_reno_sack(tp)
-        elif flag & FLAG_SND_UNA_ADVANCED:
-            tcp_remove_reno_sacks(tp, pkts_acked)
-    state = tp.ca_state
-    if state == TCP_CA_Loss:
-        if not before(tp.snd_una, tp.high_seq):
-            tcp_try_undo_recovery_exit(tp)
-        return 0
-    if state == TCP_CA_Recovery:
-        if not before(tp.snd_una, tp.high_seq):
-            tcp_end_cwnd_reduction(tp)
-            tcp_try_undo_recovery_exit(tp)
-            return 0
-        if flag & FLAG_SND_UNA_ADVANCED and not tcp_is_sack(tp):
-            # NewReno partial ACK: the next hole is lost too.
-            if tp.rtx_queue:
-                tcp_mark_skb_lost(tp, tp.rtx_queue[0])
-        tcp_update_scoreboard(tp)
-        return 0
-    if state == TCP_CA_CWR:
-        if not before(tp.snd_una, tp.high_seq):
-            tcp_end_cwnd_reduction(tp)
+def tcp_try_undo_loss(tp, frto_undo: bool) -> bool:
+    if frto_undo or tcp_may_undo(tp):
+        tcp_undo_cwnd_reduction(tp, True)
+        tp.retransmits = 0
+        if frto_undo or tcp_is_sack(tp):
             tcp_set_ca_state(tp, TCP_CA_Open)
-    if tcp_time_to_recover(tp):
-        tcp_enter_recovery(tp, now)
-        tcp_update_scoreboard(tp)
-        return 0
-    if tp.sacked_out or tp.lost_out:
-        tcp_set_ca_state(tp, TCP_CA_Disorder)
-    elif tp.ca_state == TCP_CA_Disorder:
-        tcp_set_ca_state(tp, TCP_CA_Open)
-    return 0
+        return True
+    return False
+
+
+def tcp_try_keep_open(tp) -> None:
+    state = TCP_CA_Disorder if tcp_left_out(tp) or tcp_any_retrans_done(tp) else TCP_CA_Open
+    if tp.ca_state != state:
+        tcp_set_ca_state(tp, state)
+        tp.high_seq = tp.snd_nxt
+
+
+def tcp_try_to_open(tp, flag: int) -> None:
+    if not tcp_any_retrans_done(tp):
+        tp.retrans_stamp = 0
+    if flag & FLAG_ECE:
+        tcp_enter_cwr(tp)
+    if tp.ca_state != TCP_CA_CWR:
+        tcp_try_keep_open(tp)
+
+
+# --- entering and leaving recovery ---------------------------------------------------------
+
+def tcp_enter_recovery(tp, ece_ack: bool) -> None:
+    tp.host.mib["TcpExtTCPSackRecovery" if tcp_is_sack(tp) else "TcpExtTCPRenoRecovery"] += 1
+    tp.prior_ssthresh = 0
+    tcp_init_undo(tp)
+    if not tcp_in_cwnd_reduction(tp):
+        if not ece_ack:
+            from .tcp_input import tcp_current_ssthresh
+            tp.prior_ssthresh = tcp_current_ssthresh(tp)
+        tcp_init_cwnd_reduction(tp)
+    tcp_set_ca_state(tp, TCP_CA_Recovery)
 
 
 def tcp_time_to_recover(tp) -> bool:
     if tp.lost_out:
         return True
-    return tp.sacked_out >= tp.reordering or (
-        tp.sacked_out and tp.packets_out <= tp.reordering and not tp.write_queue and
-        tp.sacked_out >= max(tp.packets_out // 2, 1) and tp.packets_out > 1)
+    # Without RACK, the classic dupthresh rule (tcp_dupack_heuristics() > reordering).
+    return not tcp_is_rack(tp) and tp.sacked_out + 1 > tp.reordering
 
 
-def tcp_xmit_recovery(tp, now: float) -> None:
-    if tp.lost_out > tp.retrans_out:
-        tcp_xmit_retransmit_queue(tp, now)
+def tcp_timeout_mark_lost(tp, now: float) -> None:
+    if not tcp_is_sack(tp):
+        tcp_reset_reno_sack(tp)
+    head = tp.rtx_queue[0] if tp.rtx_queue else None
+    for skb in tp.rtx_queue:
+        if skb is not head and tp.rack_rtt_us - int((now - skb.tstamp) * 1e6) > 0:
+            continue   # sent too recently to call lost yet
+        tcp_mark_skb_lost(tp, skb)
+
+
+def tcp_enter_loss(tp, now: float) -> None:
+    """RTO: presume lost what is unacknowledged; cwnd restarts from what is in flight + 1."""
+    from .tcp_input import tcp_current_ssthresh
+    tcp_timeout_mark_lost(tp, now)
+    if (tp.ca_state <= TCP_CA_Disorder or not after(tp.high_seq, tp.snd_una) or
+            (tp.ca_state == TCP_CA_Loss and not tp.retransmits)):
+        tp.prior_ssthresh = tcp_current_ssthresh(tp)
+        tp.prior_cwnd = tp.snd_cwnd
+        tp.snd_ssthresh = tp.ca_ops.ssthresh(tp)
+        tcp_init_undo(tp)
+    tp.snd_cwnd = tp.packets_in_flight() + 1
+    tp.snd_cwnd_cnt = 0
+    tp.snd_cwnd_stamp = 0
+    reordering = tp.sysctl.tcp_reordering
+    if tp.ca_state <= TCP_CA_Disorder and tp.sacked_out >= reordering:
+        tp.reordering = min(tp.reordering, reordering)
+    tcp_set_ca_state(tp, TCP_CA_Loss)
+    tp.high_seq = tp.snd_nxt
+    tp.tlp_high_seq = 0
+
+
+def tcp_process_loss(tp, flag: int, num_dupack: int) -> None:
+    recovered = not before(tp.snd_una, tp.high_seq)
+    if flag & FLAG_SND_UNA_ADVANCED and tcp_try_undo_loss(tp, False):
+        return
+    if recovered:
+        tcp_try_undo_recovery(tp)
+        return
+    if not tcp_is_sack(tp):
+        if after(tp.snd_nxt, tp.high_seq) and num_dupack:
+            tcp_add_reno_sack(tp, num_dupack)
+        elif flag & FLAG_SND_UNA_ADVANCED:
+            tcp_reset_reno_sack(tp)
+
+
+def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
+                          now: float) -> tuple[int, int]:
+    """The congestion-state machine; returns (flag, rexmit)."""
+    if not tp.packets_out and tp.sacked_out:
+        tp.sacked_out = 0
+    if flag & FLAG_ECE:
+        tp.prior_ssthresh = 0
+    state = tp.ca_state
+    if state == TCP_CA_Open:
+        tp.retrans_stamp = 0
+    elif not before(tp.snd_una, tp.high_seq):
+        if state == TCP_CA_CWR:
+            if tp.snd_una != tp.high_seq:
+                tcp_end_cwnd_reduction(tp)
+                tcp_set_ca_state(tp, TCP_CA_Open)
+        elif state == TCP_CA_Recovery:
+            if not tcp_is_sack(tp):
+                tcp_reset_reno_sack(tp)
+            if tcp_try_undo_recovery(tp):
+                return flag, REXMIT_NONE
+            tcp_end_cwnd_reduction(tp)
+    state = tp.ca_state
+    if state == TCP_CA_Recovery:
+        if not flag & FLAG_SND_UNA_ADVANCED:
+            if not tcp_is_sack(tp):
+                tcp_add_reno_sack(tp, num_dupack)
+        flag = tcp_identify_packet_loss(tp, flag, now)
+        return flag, REXMIT_LOST
+    if state == TCP_CA_Loss:
+        tcp_process_loss(tp, flag, num_dupack)
+        flag = tcp_identify_packet_loss(tp, flag, now)
+        if not (tp.ca_state == TCP_CA_Open or flag & FLAG_LOST_RETRANS):
+            return flag, REXMIT_LOST
+    if not tcp_is_sack(tp):
+        if flag & FLAG_SND_UNA_ADVANCED:
+            tcp_reset_reno_sack(tp)
+        tcp_add_reno_sack(tp, num_dupack)
+    flag = tcp_identify_packet_loss(tp, flag, now)
+    if not tcp_time_to_recover(tp):
+        tcp_try_to_open(tp, flag)
+        return flag, REXMIT_NONE
+    if (tp.ca_state < TCP_CA_CWR and tp.mtup_probe_size and
+            tp.snd_una == tp.mtu_probe_seq_start):
+        # The MTU probe was lost: lower search_high, keep cwnd, resend at the old size.
+        from .tcp_mtu import tcp_mtup_probe_failed
+        tcp_mtup_probe_failed(tp)
+        tp.snd_cwnd += 1
+        tcp_simple_retransmit(tp, now)
+        return flag, REXMIT_NONE
+    tcp_enter_recovery(tp, bool(flag & FLAG_ECE))
+    if not tcp_is_rack(tp) and tcp_is_sack(tp):
+        tcp_update_scoreboard(tp)
+    return flag, REXMIT_LOST
+
+
+def tcp_xmit_recovery(tp, rexmit: int, now: float) -> None:
+    if rexmit == REXMIT_NONE or tp.state == TCP_SYN_SENT:
+        return
+    tcp_xmit_retransmit_queue(tp, now)
 
 
 def tcp_set_xmit_timer(tp, now: float) -> None:
     if not tcp_schedule_loss_probe(tp, True, now):
         tcp_rearm_rto(tp, now)
+
+
+def tcp_process_tlp_ack(tp, ack: int, flag: int) -> None:
+    if before(ack, tp.tlp_high_seq):
+        return
+    if not tp.tlp_retrans:
+        tp.tlp_high_seq = 0
+    elif flag & FLAG_DSACK_TLP:
+        tp.tlp_high_seq = 0
+    elif after(ack, tp.tlp_high_seq):
+        # The probe repaired a loss: that still calls for a cwnd reduction.
+        tcp_init_cwnd_reduction(tp)
+        tcp_set_ca_state(tp, TCP_CA_CWR)
+        tcp_end_cwnd_reduction(tp)
+        tcp_try_keep_open(tp)
+        tp.host.mib["TcpExtTCPLossProbeRecovery"] += 1
+    elif not flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP | FLAG_DATA_SACKED):
+        tp.tlp_high_seq = 0
 
 
 # --- tail loss probe -----------------------------------------------------------------------
@@ -296,7 +577,7 @@ def tcp_schedule_loss_probe(tp, advancing_rto: bool, now: float) -> bool:
     if tp.srtt_us:
         timeout_us = tp.srtt_us >> 2
         if tp.packets_out == 1:
-            timeout_us += tp.rto_min * 4000
+            timeout_us += tp.rto_min * 4000     # room for a delayed ACK
         else:
             timeout_us += TCP_TIMEOUT_MIN_US
         timeout = usecs_to_jiffies(timeout_us)
@@ -305,7 +586,8 @@ def tcp_schedule_loss_probe(tp, advancing_rto: bool, now: float) -> bool:
     if advancing_rto:
         rto_delta_j = tp.rto
     elif tp.rtx_queue:
-        rto_delta_j = usecs_to_jiffies(max((tp.rtx_queue[0].tstamp + tp.rto * TICK_S - now) * 1e6, 0))
+        left = tp.rtx_queue[0].tstamp + tp.rto * TICK_S - now
+        rto_delta_j = usecs_to_jiffies(left * 1e6) if left > 0 else 0
     else:
         rto_delta_j = tp.rto
     if rto_delta_j > 0:
@@ -317,20 +599,28 @@ def tcp_schedule_loss_probe(tp, advancing_rto: bool, now: float) -> bool:
 def tcp_send_loss_probe(tp, now: float) -> None:
     """Send new data if any (so a lost tail shows up as a SACK hole), else the last segment."""
     mss = tcp_current_mss(tp)
+    if tp.tlp_high_seq:
+        tcp_rearm_rto(tp, now)   # one probe per tail-loss episode
+        return
+    tp.tlp_retrans = False
     pcount = tp.packets_out
     if tp.write_queue:
         tcp_write_xmit(tp, mss, tp.nonagle, 2, now)
         if tp.packets_out > pcount:
+            tp.tlp_high_seq = tp.snd_nxt
             tp.host.mib["TcpExtTCPLossProbes"] += 1
+            tcp_rearm_rto(tp, now)
             return
     if tp.rtx_queue:
         skb = tp.rtx_queue[-1]
         if (skb.pcount or 1) > 1 and len(skb.data) > mss:
             tcp_fragment_rtx(tp, skb, len(skb.data) - mss, mss)
             skb = tp.rtx_queue[-1]
-        if not tcp_retransmit_skb(tp, skb, 1, now):
+        if not skb.clones and not tcp_retransmit_skb(tp, skb, 1, now):
+            tp.tlp_retrans = True
+            tp.tlp_high_seq = tp.snd_nxt
             tp.host.mib["TcpExtTCPLossProbes"] += 1
-    tcp_reset_xmit_timer(tp, ICSK_TIME_RETRANS, tp.rto, now)
+    tcp_rearm_rto(tp, now)
 
 
 def tcp_simple_retransmit(tp, now: float) -> None:
@@ -338,7 +628,6 @@ def tcp_simple_retransmit(tp, now: float) -> None:
 
     cwnd is left alone: the amount of data in the network did not grow, only its units changed.
     """
-    from .tcp_output import tcp_skb_seglen
     mss = tcp_current_mss(tp)
     for skb in tp.rtx_queue:
         if tcp_skb_seglen(skb) > mss:

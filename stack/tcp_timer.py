@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .constants import (
     ETIMEDOUT, ICSK_ACK_SCHED, ICSK_ACK_TIMER, ICSK_TIME_LOSS_PROBE, ICSK_TIME_PROBE0,
-    ICSK_TIME_RETRANS, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MIN_MS, TCP_SYN_RECV,
+    ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MIN_MS, TCP_SYN_RECV,
     TCP_SYN_SENT, TCP_TIME_WAIT, TCP_TIMEOUT_INIT_MS,
 )
 from .jiffies import msecs_to_jiffies
@@ -19,7 +19,7 @@ from .tcp_output import (
     tcp_send_synack,
 )
 from .tcp_input import TCP_ATO_MIN
-from .tcp_recovery import tcp_enter_loss, tcp_send_loss_probe
+from .tcp_recovery import tcp_enter_loss, tcp_rack_reo_timeout, tcp_send_loss_probe
 
 TCP_RTO_MIN = msecs_to_jiffies(TCP_RTO_MIN_MS)
 TCP_TIMEOUT_INIT = msecs_to_jiffies(TCP_TIMEOUT_INIT_MS)
@@ -54,7 +54,8 @@ def tcp_write_timer_handler(tp, now: float) -> None:
     tp.timeout = None
     tp.tcp_clock = now
     tp.host.trace_event(tp, "timer", kind={ICSK_TIME_RETRANS: "rto", ICSK_TIME_PROBE0: "probe0",
-                                           ICSK_TIME_LOSS_PROBE: "loss_probe"}.get(event, event))
+                                           ICSK_TIME_LOSS_PROBE: "loss_probe",
+                                           ICSK_TIME_REO_TIMEOUT: "reo"}.get(event, event))
     if event == ICSK_TIME_RETRANS:
         if tp.state == TCP_SYN_RECV:
             tcp_synack_timer(tp, now)
@@ -64,6 +65,8 @@ def tcp_write_timer_handler(tp, now: float) -> None:
         tcp_probe_timer(tp, now)
     elif event == ICSK_TIME_LOSS_PROBE:
         tcp_send_loss_probe(tp, now)
+    elif event == ICSK_TIME_REO_TIMEOUT:
+        tcp_rack_reo_timeout(tp, now)
 
 
 def tcp_delack_timer_handler(tp, now: float) -> None:

@@ -70,6 +70,7 @@ class VirtualNetwork:
         self._seq = itertools.count()
         self._procs: list[_Process] = []
         self._pid = itertools.count(1)
+        self.egress: dict = {}           # host -> fn(host, frames, now): a backend's own wiring
 
     # --- building -----------------------------------------------------------------------
 
@@ -146,14 +147,27 @@ class VirtualNetwork:
         host.receive(seg, self.now)
         self._flush(host)
 
+    def deliver_ip(self, host: Host, data: bytes) -> None:
+        """Hand an IPv4 packet (bytes) to a host, then move what it sends in reply."""
+        host.receive_ip(data, self.now)
+        self._flush(host)
+
+    def add_existing_host(self, host: Host) -> Host:
+        self.hosts.append(host)
+        return host
+
     def _flush(self, host: Host) -> None:
         """Put the host's frames on its link and resume applications it woke."""
         for _ in range(1000):
             frames = host.take_frames()
             if frames:
-                link = self.links.get(host)
-                if link is not None:
-                    self._transmit(link, host, frames)
+                egress = self.egress.get(host)
+                if egress is not None:
+                    egress(host, frames, self.now)
+                else:
+                    link = self.links.get(host)
+                    if link is not None:
+                        self._transmit(link, host, frames)
             if not host.woken:
                 return
             woken = host.woken
