@@ -848,6 +848,8 @@ def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
         tp.max_window = max(tp.max_window, tp.snd_wnd)
         if not tp.wscale_ok:
             tp.rcv_wnd = min(tp.rcv_wnd, 65535)
+        from .tcp_mtu import tcp_mtup_init
+        tcp_mtup_init(tp)
         tcp_sync_mss(tp, tp.pmtu_cookie or tp.host.route_mtu(tp.daddr))
         tcp_initialize_rcv_mss(tp)
         tp.snd_una = seg.ack_seq

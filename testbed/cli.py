@@ -12,6 +12,26 @@ def _cmd_conform(args) -> int:
     return conform(args.scripts, tolerance_usecs=args.tolerance_usecs)
 
 
+def _cmd_run(args) -> int:
+    from .run import format_table, run_sim
+    from .topology import load_topology, require_backend
+    from .yaml_errors import ConfigError
+    try:
+        topo = load_topology(args.topology, args.set or [])
+        require_backend(topo, args.backend)
+    except ConfigError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 2
+    if args.backend != "sim":
+        print("sendlab: the mininet backend is not available yet", file=sys.stderr)
+        return 2
+    out = args.out or f"results/{topo.name}"
+    summary = run_sim(topo, out, seed=args.seed)
+    print(format_table(summary))
+    print(f"sendlab: wrote {out}/summary.json and one pcap per link")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.out, seed=args.seed)
@@ -27,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-usecs", type=int, default=4000,
                    help="timing tolerance, as packetdrill's --tolerance_usecs (default 4000)")
     p.set_defaults(fn=_cmd_conform)
+
+    p = sub.add_parser("run", help="run a topology's traffic")
+    p.add_argument("topology", help="topology YAML file")
+    p.add_argument("--backend", default="sim", help="sim (default) or mininet")
+    p.add_argument("--set", action="append", metavar="PATH=VALUE",
+                   help="override a field, e.g. links.1.mtu=1400 (repeatable)")
+    p.add_argument("--out", help="output folder (default results/<topology name>)")
+    p.add_argument("--seed", type=int, help="override the topology's seed")
+    p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("demo", help="a simulated transfer with a small report")
     p.add_argument("--out", default="results/demo", help="output folder")

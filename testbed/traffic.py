@@ -57,6 +57,7 @@ class FlowSpec:
 class FlowRecord:
     spec: FlowSpec
     sock: object = None                 # the sender's Socket once connected
+    sock_pending: object = None         # the sender's Socket from connect() on
     connected_at: float | None = None
     writes: list = field(default_factory=list)       # (time, stream offset after the write)
     acks: list = field(default_factory=list)         # (time, bytes acked) as snd_una advances
@@ -92,6 +93,7 @@ def sender(net, host, rec: FlowRecord):
     if spec.start_s > 0:
         yield Sleep(spec.start_s)
     sock = net.socket(host)
+    rec.sock_pending = sock
     yield from _apply_options(sock, spec.options)
     try:
         yield sock.connect((spec.dst_addr, spec.port))
@@ -150,27 +152,47 @@ def _request_response(net, sock, rec: FlowRecord):
     rec.finished_at = net.now
 
 
-def receiver(net, host, rec: FlowRecord, listener):
+def receive(net, conn, rec: FlowRecord):
+    """The receiving side of one flow: check the stream, answer requests, close at EOF."""
     spec = rec.spec
-    conn = yield listener.accept()
     offset = 0
     pending_request = 0
-    while True:
-        data = yield conn.recv(1 << 20)
-        if not data:
-            break
-        if rec.intact and data != pattern(offset, len(data)):
-            rec.intact = False
-        offset += len(data)
-        rec.received = offset
-        if spec.kind == "request_response":
-            pending_request += len(data)
-            while pending_request >= spec.request_bytes:
-                pending_request -= spec.request_bytes
-                yield conn.send(bytes(spec.response_bytes))
-    if spec.kind != "request_response":
-        rec.finished_at = net.now if offset >= spec.bytes_requested else None
+    try:
+        while True:
+            data = yield conn.recv(1 << 20)
+            if not data:
+                break
+            if rec.intact and data != pattern(offset, len(data)):
+                rec.intact = False
+            offset += len(data)
+            rec.received = offset
+            if spec.kind == "request_response":
+                pending_request += len(data)
+                while pending_request >= spec.request_bytes:
+                    pending_request -= spec.request_bytes
+                    yield conn.send(bytes(spec.response_bytes))
+    except OSError as exc:
+        rec.error = rec.error or f"receive: {exc.strerror}"
+    if spec.kind != "request_response" and offset >= spec.bytes_requested:
+        rec.finished_at = net.now
     yield conn.close()
+
+
+def serve(net, host, port: int, records: list):
+    """Accept connections on ``port`` and hand each to the flow whose sender it comes from."""
+    sock = net.socket(host)
+    yield sock.bind(("", port))
+    yield sock.listen(128)
+    while True:
+        conn = yield sock.accept()
+        peer = (conn.tp.daddr, conn.tp.dport)
+        for rec in records:
+            s = rec.sock_pending or rec.sock
+            if s is not None and (s.tp.saddr, s.tp.sport) == peer:
+                net.spawn(host, receive(net, conn, rec))
+                break
+        else:
+            yield conn.close()
 
 
 def listen(net, host, port: int):
