@@ -729,8 +729,7 @@ def tcp_rcv_established(tp, seg, now: float) -> None:
         tp.ts_recent_stamp = now
     if tcp_ack(tp, seg, FLAG_SLOWPATH | FLAG_UPDATE_TS_RECENT, now) < 0:
         return
-    tcp_rcv_state_after_ack(tp, seg, now)
-    if tp.state == TCP_CLOSE:
+    if not tcp_rcv_state_after_ack(tp, seg, now) or tp.state == TCP_CLOSE:
         return
     if tp.state not in (TCP_CLOSING, TCP_LAST_ACK, TCP_TIME_WAIT):
         tcp_data_queue(tp, seg, now)
@@ -757,18 +756,41 @@ def tcp_send_challenge_ack(tp, now: float) -> None:
     tcp_send_ack(tp, now)
 
 
-def tcp_rcv_state_after_ack(tp, seg, now: float) -> None:
-    """The state moves that an ACK of our FIN causes."""
+def tcp_rcv_state_after_ack(tp, seg, now: float) -> bool:
+    """The state moves an ACK of our FIN causes. False when the segment must be dropped with
+    a reset (data for a socket the application has closed)."""
     from .tcp import tcp_done, tcp_set_state
     fin_acked = (tp.shutdown & SEND_SHUTDOWN and not tp.write_queue and not tp.rtx_queue
                  and tp.snd_una == tp.write_seq)
     if tp.state == TCP_FIN_WAIT1 and fin_acked:
         tcp_set_state(tp, TCP_FIN_WAIT2)
-        tp.host.wake(tp)
+        if not tp.dead:
+            tp.host.wake(tp)
+        elif _new_data_beyond(tp, seg):
+            # An orphan that still gets data: nobody will read it (tcp_rcv_state_process).
+            return _abort_on_data(tp, seg, now)
+        else:
+            tp.timewait_deadline = now + tp.sysctl.tcp_fin_timeout
     elif tp.state == TCP_CLOSING and fin_acked:
         tcp_time_wait(tp, now)
     elif tp.state == TCP_LAST_ACK and fin_acked:
         tcp_done(tp)
+    if tp.state in (TCP_FIN_WAIT1, TCP_FIN_WAIT2) and tp.shutdown & RCV_SHUTDOWN and \
+            _new_data_beyond(tp, seg):
+        # RFC 1122: data after we shut down reading gets a reset.
+        return _abort_on_data(tp, seg, now)
+    return True
+
+
+def _new_data_beyond(tp, seg) -> bool:
+    return bool(seg.payload) and after((seg.seq + len(seg.payload)) & 0xFFFFFFFF, tp.rcv_nxt)
+
+
+def _abort_on_data(tp, seg, now: float) -> bool:
+    tp.host.mib["TcpExtTCPAbortOnData"] += 1
+    tcp_reset(tp, now)
+    tp.host.send_reset_for(seg, now)
+    return False
 
 
 # --- handshake -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ TCPOPT_TIMESTAMP = 8
 SK_GSO_MAX_SIZE = GSO_LEGACY_MAX_SIZE - (MAX_TCP_HEADER + 1)
 TCP_RTO_MAX = msecs_to_jiffies(TCP_RTO_MAX_MS)
 TCP_DELACK_MIN = msecs_to_jiffies(TCP_DELACK_MIN_MS)
+TCP_ATO_MIN = TCP_DELACK_MIN
 TCP_DELACK_MAX = msecs_to_jiffies(TCP_DELACK_MAX_MS)
 PURE_ACK_TRUESIZE = 2   # skb_set_tcp_pure_ack(): pure ACKs barely count against TSQ
 
@@ -644,11 +645,25 @@ def tcp_cwnd_restart(tp, now: float) -> None:
     tp.snd_cwnd_used = 0
 
 
-def tcp_event_ack_sent(tp) -> None:
+def tcp_dec_quickack_mode(tp) -> None:
+    """Only ACKs of new data use up quick-ACK mode (6.6+); leaving it deflates ato."""
     if tp.ack_quick:
-        tp.ack_quick = max(0, tp.ack_quick - 1)
+        pkts = 1 if tp.ack_pending & ICSK_ACK_SCHED else 0
+        if pkts >= tp.ack_quick:
+            tp.ack_quick = 0
+            tp.ack_ato = TCP_ATO_MIN
+        else:
+            tp.ack_quick -= pkts
+
+
+def tcp_event_ack_sent(tp) -> None:
+    tcp_dec_quickack_mode(tp)
     tp.ack_pending = 0
     tp.ack_timeout = None
+
+
+def tcp_delack_max(tp) -> int:
+    return min(TCP_DELACK_MAX, max(tp.rto_min, 2) - 1)
 
 
 def tcp_advertise_mss(tp) -> int:
@@ -690,7 +705,7 @@ def tcp_send_delayed_ack(tp, now: float) -> None:
             rtt = max(usecs_to_jiffies(tp.srtt_us >> 3), TCP_DELACK_MIN)
             max_ato = min(max_ato, rtt)
         ato = min(ato, max_ato)
-    ato = min(ato, TCP_DELACK_MAX)
+    ato = min(ato, tcp_delack_max(tp))
     j = jiffies(now)
     timeout = j + ato
     if tp.ack_pending & ICSK_ACK_TIMER and tp.ack_timeout_j is not None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from .constants import (
     ETIMEDOUT, ICSK_ACK_SCHED, ICSK_ACK_TIMER, ICSK_TIME_LOSS_PROBE, ICSK_TIME_PROBE0,
-    ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MIN_MS, TCP_SYN_RECV,
+    ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_FIN_WAIT2, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MIN_MS, TCP_SYN_RECV,
     TCP_SYN_SENT, TCP_TIME_WAIT, TCP_TIMEOUT_INIT_MS,
 )
 from .jiffies import msecs_to_jiffies
 from .tcp_output import (
-    TCP_RTO_MAX, tcp_reset_xmit_timer, tcp_retransmit_skb, tcp_send_ack, tcp_send_probe0,
+    TCP_DELACK_MAX, TCP_RTO_MAX, tcp_reset_xmit_timer, tcp_retransmit_skb, tcp_send_ack, tcp_send_probe0,
     tcp_send_synack,
 )
 from .tcp_input import TCP_ATO_MIN
@@ -39,7 +39,8 @@ def tcp_handle_timers(tp, now: float) -> None:
     if tp.timewait_deadline is not None and tp.timewait_deadline <= now:
         from .tcp import tcp_done
         tp.timewait_deadline = None
-        if tp.state == TCP_TIME_WAIT:
+        if tp.state in (TCP_TIME_WAIT, TCP_FIN_WAIT2):
+            # TIME_WAIT is over, or an orphaned FIN_WAIT2 waited tcp_fin_timeout in vain.
             tcp_done(tp)
             return
     if tp.ack_timeout is not None and tp.ack_timeout <= now:
@@ -77,7 +78,7 @@ def tcp_delack_timer_handler(tp, now: float) -> None:
     if tp.ack_pending & ICSK_ACK_SCHED:
         if not tp.ack_pingpong:
             # The delayed ACK was missed: inflate ato.
-            tp.ack_ato = min(tp.ack_ato << 1, tp.rto)
+            tp.ack_ato = min(tp.ack_ato << 1, tp.rto, TCP_DELACK_MAX)
         else:
             # Missed in ping-pong mode: leave it and deflate ato.
             tp.ack_pingpong = 0
