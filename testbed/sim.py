@@ -81,6 +81,7 @@ class SimNetwork:
         self.wires: dict[tuple[str, str], Wire] = {}    # (node, iface name) -> outgoing wire
         self.addr_owner: dict[str, tuple[str, str]] = {}  # ip -> (node, iface)
         self.link_wires: dict[int, list[Wire]] = {}
+        self._ports: dict = {}
         self._build()
 
     # --- building -----------------------------------------------------------------------
@@ -209,6 +210,12 @@ class SimNetwork:
 
     def _switch_port(self, switch: str, target: str, exclude: str):
         """The port of ``switch`` whose side of the LAN holds ``target`` (switches form a tree)."""
+        key = (switch, target, exclude)
+        if key not in self._ports:
+            self._ports[key] = self._find_switch_port(switch, target, exclude)
+        return self._ports[key]
+
+    def _find_switch_port(self, switch: str, target: str, exclude: str):
         for iface in self.plan.interfaces[switch]:
             if iface.name == exclude:
                 continue

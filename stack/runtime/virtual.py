@@ -71,6 +71,8 @@ class VirtualNetwork:
         self._procs: list[_Process] = []
         self._pid = itertools.count(1)
         self.egress: dict = {}           # host -> fn(host, frames, now): a backend's own wiring
+        self._deadlines: dict = {}       # host -> the deadline its heap entry is for
+        self._waiting: dict = {}         # TcpSock -> processes blocked on it
 
     # --- building -----------------------------------------------------------------------
 
@@ -106,42 +108,39 @@ class VirtualNetwork:
 
     def run(self, until: float | None = None, *, max_events: int = 50_000_000) -> float:
         """Run until nothing is left to do (or ``until``); returns the final time."""
+        events = self._events
         for _ in range(max_events):
-            t = self._next_time()
-            if t is None or (until is not None and t > until):
+            if not events or (until is not None and events[0][0] > until):
                 if until is not None:
                     self.now = max(self.now, until)
                 return self.now
-            self.now = max(self.now, t)
-            self._step()
+            t, _, fn, args = heapq.heappop(events)
+            if t > self.now:
+                self.now = t
+            fn(*args)
         raise RuntimeError(f"virtual network still busy after {max_events} events")
 
-    def _next_time(self):
-        best = self._events[0][0] if self._events else None
-        for host in self.hosts:
-            d = host.next_deadline()
-            if d is not None and (best is None or d < best):
-                best = d
-        for proc in self._procs:
-            if proc.wake_at is not None and (best is None or proc.wake_at < best):
-                best = proc.wake_at
-        return best
+    def _reschedule(self, host: Host) -> None:
+        """Keep one heap entry for the host's next deadline (stale ones are skipped)."""
+        d = host.next_deadline()
+        if d != self._deadlines.get(host):
+            self._deadlines[host] = d
+            if d is not None:
+                self.at(d, self._host_timer, host, d)
 
-    def _step(self) -> None:
-        now = self.now
-        while self._events and self._events[0][0] <= now:
-            _, _, fn, args = heapq.heappop(self._events)
-            fn(*args)
-        for host in self.hosts:
-            d = host.next_deadline()
-            if d is not None and d <= now:
-                host.handle_timer(now)
-                self._flush(host)
-        for proc in list(self._procs):
-            if proc.wake_at is not None and proc.wake_at <= now:
-                proc.wake_at = None
-                self._advance(proc, None, None)
-                self._flush(proc.host)
+    def _host_timer(self, host: Host, due: float) -> None:
+        if self._deadlines.get(host) != due:
+            return
+        self._deadlines[host] = None
+        host.handle_timer(self.now)
+        self._flush(host)
+
+    def _wake(self, proc: _Process, due: float) -> None:
+        if proc.wake_at != due or proc.done:
+            return
+        proc.wake_at = None
+        self._advance(proc, None, None)
+        self._flush(proc.host)
 
     def _deliver(self, host: Host, seg) -> None:
         host.receive(seg, self.now)
@@ -169,11 +168,16 @@ class VirtualNetwork:
                     if link is not None:
                         self._transmit(link, host, frames)
             if not host.woken:
+                self._reschedule(host)
                 return
             woken = host.woken
             host.woken = set()
-            for proc in self._procs:
-                if proc.op is not None and proc.host is host and proc.op.sock.tp in woken:
+            ready = []
+            for tp in woken:
+                ready.extend(self._waiting.pop(tp, ()))
+            # Resume in spawn order, so runs do not depend on set ordering.
+            for proc in sorted(ready, key=lambda p: p.pid):
+                if proc.op is not None:
                     self._resume(proc)
 
     def _transmit(self, link: Link, src: Host, frames) -> None:
@@ -194,12 +198,14 @@ class VirtualNetwork:
 
     def _resume(self, proc: _Process) -> None:
         op = proc.op
-        if op.step(self.now):
-            proc.op = None
-            if op.error:
-                self._advance(proc, None, op)
-            else:
-                self._advance(proc, op.result, None)
+        if not op.step(self.now):
+            self._waiting.setdefault(op.sock.tp, []).append(proc)
+            return
+        proc.op = None
+        if op.error:
+            self._advance(proc, None, op)
+        else:
+            self._advance(proc, op.result, None)
 
     def _advance(self, proc: _Process, value, failed: Op | None) -> None:
         """Run the application until it waits on something."""
@@ -225,6 +231,7 @@ class VirtualNetwork:
                 raise
             if isinstance(item, Sleep):
                 proc.wake_at = self.now + max(item.seconds, 0.0)
+                self.at(proc.wake_at, self._wake, proc, proc.wake_at)
                 return
             if isinstance(item, Op):
                 if item.step(self.now):
@@ -235,6 +242,7 @@ class VirtualNetwork:
                     value = item.result
                     continue
                 proc.op = item
+                self._waiting.setdefault(item.sock.tp, []).append(proc)
                 return
             raise TypeError(f"application yielded {item!r}; expected a socket operation or Sleep")
 
