@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up this machine and run sendlab's jobs; needs no make.
-#   ./sendlab.sh demo    set up, run the conformance scripts and a simulated transfer (results/demo)
+#   ./sendlab.sh demo    set up, run the conformance scripts and the black-hole experiment (results/demo)
 #   ./sendlab.sh test    set up, run the tests and the conformance scripts
 #   ./sendlab.sh bench   set up, run every benchmarks/*.py (files starting with _ are helpers)
 #   ./sendlab.sh setup   only set up (Debian packages when root, .venv, sendlab installed)
@@ -47,7 +47,8 @@ clean() {
 
 case "${1:-}" in
     setup) setup ;;
-    demo) setup && conform && "$VENV/bin/sendlab" demo --out results/demo ;;
+    demo) setup && conform && "$VENV/bin/sendlab" sweep experiments/pmtu_blackhole_quick.yaml \
+            --jobs 2 --out results/demo && "$VENV/bin/sendlab" report results/demo ;;
     test) setup && "$VENV/bin/python" -m pytest -q && conform ;;
     bench) setup && bench ;;
     clean) clean ;;

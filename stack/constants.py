@@ -112,8 +112,9 @@ MAX_TCP_HEADER = 320
 # info (320) and the 320-byte header room, rounded up by kmalloc to 1024 bytes.
 SKB_TRUESIZE_EMPTY = 1280
 SKB_TRUESIZE_OVERHEAD = 256 + 320  # what SKB_TRUESIZE() adds to a data size
-SOCK_MIN_SNDBUF = 2 * (2048 + 256 + 320)
-SOCK_MIN_RCVBUF = 2048 + 256 + 320
+TCP_SKB_MIN_TRUESIZE = 2048 + 256   # 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff))
+SOCK_MIN_SNDBUF = 2 * TCP_SKB_MIN_TRUESIZE
+SOCK_MIN_RCVBUF = TCP_SKB_MIN_TRUESIZE
 
 # Times, in jiffies unless named otherwise (HZ = 250, see jiffies.py).
 TCP_RTO_MIN_MS = 200

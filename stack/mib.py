@@ -18,7 +18,8 @@ COUNTERS = (
     "TcpExtTCPRcvCoalesce", "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnClose",
     "TcpExtTCPAbortOnTimeout", "TcpExtTCPSpuriousRTOs", "TcpExtTCPDSACKOldSent",
     "TcpExtListenDrops", "TcpExtTCPZeroWindowDrop", "TcpExtTCPSndbufLimited",
-    "SendlabMalformedDropped",
+    "SendlabMalformedDropped", "SendlabMtuProbes", "TcpExtTCPLossProbeRecovery",
+    "TcpExtTCPFullUndo", "TcpExtTCPSACKReneging", "TcpExtTCPSimultaneousOpenDropped",
 )
 
 

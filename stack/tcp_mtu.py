@@ -69,6 +69,7 @@ def tcp_mtu_probe(tp, now: float) -> int:
     tp.mtup_probe_size = tcp_mss_to_mtu(tp, len(nskb.data))
     tp.mtu_probe_seq_start = nskb.seq
     tp.mtu_probe_seq_end = nskb.end_seq
+    tp.host.mib["SendlabMtuProbes"] += 1
     tp.host.trace_event(tp, "mtu_probe", size=tp.mtup_probe_size)
     return 1
 

@@ -439,11 +439,18 @@ def tcp_time_to_recover(tp) -> bool:
 
 
 def tcp_timeout_mark_lost(tp, now: float) -> None:
-    if not tcp_is_sack(tp):
-        tcp_reset_reno_sack(tp)
     head = tp.rtx_queue[0] if tp.rtx_queue else None
+    # A SACKed head at RTO time means the receiver reneged: forget every SACK.
+    is_reneg = head is not None and bool(head.sacked & TCPCB_SACKED_ACKED)
+    if is_reneg:
+        tp.host.mib["TcpExtTCPSACKReneging"] += 1
+        tp.sacked_out = 0
+    elif not tcp_is_sack(tp):
+        tcp_reset_reno_sack(tp)
     for skb in tp.rtx_queue:
-        if skb is not head and tp.rack_rtt_us - int((now - skb.tstamp) * 1e6) > 0:
+        if is_reneg:
+            skb.sacked &= ~TCPCB_SACKED_ACKED
+        elif skb is not head and tp.rack_rtt_us - int((now - skb.tstamp) * 1e6) > 0:
             continue   # sent too recently to call lost yet
         tcp_mark_skb_lost(tp, skb)
 
@@ -598,28 +605,44 @@ def tcp_schedule_loss_probe(tp, advancing_rto: bool, now: float) -> bool:
 
 def tcp_send_loss_probe(tp, now: float) -> None:
     """Send new data if any (so a lost tail shows up as a SACK hole), else the last segment."""
-    mss = tcp_current_mss(tp)
+    from .tcp_output import __tcp_retransmit_skb, tcp_snd_wnd_test
     if tp.tlp_high_seq:
         tcp_rearm_rto(tp, now)   # one probe per tail-loss episode
         return
     tp.tlp_retrans = False
-    pcount = tp.packets_out
-    if tp.write_queue:
-        tcp_write_xmit(tp, mss, tp.nonagle, 2, now)
+    mss = tcp_current_mss(tp)
+    head = tp.send_head()
+    if head is not None and tcp_snd_wnd_test(tp, head, mss):
+        pcount = tp.packets_out
+        tcp_write_xmit(tp, mss, 1, 2, now)   # TCP_NAGLE_OFF: what Nagle held is the probe
         if tp.packets_out > pcount:
-            tp.tlp_high_seq = tp.snd_nxt
-            tp.host.mib["TcpExtTCPLossProbes"] += 1
+            _probe_sent(tp, now)
+        else:
             tcp_rearm_rto(tp, now)
-            return
-    if tp.rtx_queue:
+        return
+    if not tp.rtx_queue:
+        tcp_rearm_rto(tp, now)
+        return
+    skb = tp.rtx_queue[-1]
+    if skb.clones:
+        tcp_rearm_rto(tp, now)
+        return
+    pcount = skb.pcount or 1
+    if pcount > 1 and len(skb.data) > (pcount - 1) * mss:
+        tcp_fragment_rtx(tp, skb, (pcount - 1) * mss, mss)
         skb = tp.rtx_queue[-1]
-        if (skb.pcount or 1) > 1 and len(skb.data) > mss:
-            tcp_fragment_rtx(tp, skb, len(skb.data) - mss, mss)
-            skb = tp.rtx_queue[-1]
-        if not skb.clones and not tcp_retransmit_skb(tp, skb, 1, now):
-            tp.tlp_retrans = True
-            tp.tlp_high_seq = tp.snd_nxt
-            tp.host.mib["TcpExtTCPLossProbes"] += 1
+    # A probe, not a retransmission of lost data: it is not counted in retrans_out.
+    if __tcp_retransmit_skb(tp, skb, 1, now):
+        tcp_rearm_rto(tp, now)
+        return
+    tp.tlp_retrans = True
+    _probe_sent(tp, now)
+
+
+def _probe_sent(tp, now: float) -> None:
+    tp.tlp_high_seq = tp.snd_nxt
+    tp.host.mib["TcpExtTCPLossProbes"] += 1
+    tp.pending = 0          # so the RTO restarts from now
     tcp_rearm_rto(tp, now)
 
 

@@ -32,6 +32,42 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_sweep(args) -> int:
+    from .sweep import sweep
+    from .yaml_errors import ConfigError
+    try:
+        rc = sweep(args.experiment, args.out or _default_out(args.experiment), jobs=args.jobs,
+                   retry_failed=args.retry_failed, backend=args.backend)
+    except ConfigError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 2
+    out = args.out or _default_out(args.experiment)
+    print(f"sendlab: results in {out}/results.db; `sendlab report {out}` writes the report")
+    return rc
+
+
+def _default_out(experiment: str) -> str:
+    from pathlib import Path
+    return f"results/{Path(experiment).stem}"
+
+
+def _cmd_results(args) -> int:
+    from .sweep import export
+    if not (args.csv or args.parquet):
+        print("sendlab: say where: --csv FILE and/or --parquet FILE", file=sys.stderr)
+        return 2
+    n = export(args.dir, csv_path=args.csv, parquet_path=args.parquet)
+    print(f"sendlab: wrote {n} rows")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+    path = write_report(args.dir)
+    print(f"sendlab: report in {path}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
     return run_demo(args.out, seed=args.seed)
@@ -56,6 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default results/<topology name>)")
     p.add_argument("--seed", type=int, help="override the topology's seed")
     p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("sweep", help="run every cell of an experiment (resumable)")
+    p.add_argument("experiment", help="experiment YAML file")
+    p.add_argument("--backend", choices=["sim", "mininet"], help="override the experiment's")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once (sim: processes)")
+    p.add_argument("--out", help="results folder (default results/<experiment file name>)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.set_defaults(fn=_cmd_sweep)
+
+    p = sub.add_parser("results", help="export a sweep's tidy table")
+    p.add_argument("dir")
+    p.add_argument("--csv", metavar="FILE")
+    p.add_argument("--parquet", metavar="FILE")
+    p.set_defaults(fn=_cmd_results)
+
+    p = sub.add_parser("report", help="write DIR/report.html with plots from a sweep")
+    p.add_argument("dir")
+    p.set_defaults(fn=_cmd_report)
 
     p = sub.add_parser("demo", help="a simulated transfer with a small report")
     p.add_argument("--out", default="results/demo", help="output folder")

@@ -177,6 +177,10 @@ def _flow_summary(topo, sim, rec: FlowRecord, p: _Progress, end: float) -> dict:
     duration = max(finish - start, 1e-9) if rec.connected_at is not None else 0.0
     acked = p.last_acked
     lat = _write_latencies(rec)
+    ttfb = None
+    if rec.acks and rec.connected_at is not None:
+        ttfb = round(rec.acks[0][0] - rec.connected_at, 6)
+    stall = _longest_stall(rec, end if not completed else finish)
     return {
         "name": spec.name, "sender": spec.src, "receiver": spec.dst, "stack": "python",
         "kind": spec.kind, "bytes_requested": spec.bytes_requested, "bytes_acked": acked,
@@ -187,6 +191,7 @@ def _flow_summary(topo, sim, rec: FlowRecord, p: _Progress, end: float) -> dict:
         "goodput_mbit": round(acked * 8 / duration / 1e6, 3) if duration else 0.0,
         "data_segments": data_segments,
         "retransmits": tp.total_retrans if tp else 0,
+        "time_to_first_byte_s": ttfb, "longest_stall_s": stall,
         "mss_initial": rec.mss_initial, "mss_final": tp.mss_cache if tp else 0,
         "icmp_frag_needed_received": host.mib["IcmpInDestUnreachs"],
         "segment_sizes": {str(k): v for k, v in sorted(sizes.items())},
@@ -195,6 +200,14 @@ def _flow_summary(topo, sim, rec: FlowRecord, p: _Progress, end: float) -> dict:
                              "p99": _percentile([r * 1000 for r in rec.responses], 0.99)},
         "counters": {k: v for k, v in sorted(host.mib.snapshot().items()) if v},
     }
+
+
+def _longest_stall(rec: FlowRecord, until: float) -> float:
+    """The longest time without newly acknowledged data, from connect to ``until``."""
+    if rec.connected_at is None:
+        return 0.0
+    times = [rec.connected_at] + [t for t, _ in rec.acks] + [until]
+    return round(max(b - a for a, b in zip(times, times[1:])), 6)
 
 
 def _tcp_payload_for(pkt: bytes, sport: int, dport: int) -> int:

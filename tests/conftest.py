@@ -17,10 +17,7 @@ from __future__ import annotations
 import pytest
 
 from stack import Host, Segment, Socket, Sysctl
-from stack.constants import (
-    SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CORK, TCP_NODELAY, TCPHDR_ACK, TCPHDR_FIN, TCPHDR_PSH,
-    TCPHDR_SYN,
-)
+from stack.constants import SOL_TCP, TCP_CORK, TCP_NODELAY, TCPHDR_ACK, TCPHDR_SYN
 from stack.device import NetDevice
 
 LOCAL_IP = "192.168.0.1"
@@ -254,7 +251,13 @@ def established():
     return open_connection
 
 
+@pytest.fixture
+def conn() -> Peer:
+    """One default connection; unpacks as ``host, tp, send, out``."""
+    return open_connection()
+
+
 __all__ = [
     "Peer", "make_host", "open_connection", "LOCAL_IP", "REMOTE_IP", "LOCAL_PORT", "REMOTE_PORT",
-    "PEER_ISN", "TCPHDR_ACK", "TCPHDR_FIN", "TCPHDR_PSH", "TCPHDR_SYN", "SO_SNDBUF", "SOL_SOCKET",
+    "PEER_ISN",
 ]

@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from stack import Host, IcmpError, Segment
-from stack.constants import TCP_CLOSE, MSG_DONTWAIT, MSG_EOR, MSG_MORE, SOL_TCP, TCP_CORK, TCP_NODELAY
+from stack.constants import (
+    MSG_DONTWAIT, MSG_EOR, MSG_MORE, SOL_TCP, TCP_CLOSE, TCP_CORK, TCP_NODELAY,
+)
 from stack.seq import after
 
 from conftest import LOCAL_IP, LOCAL_PORT, REMOTE_IP, REMOTE_PORT, open_connection
@@ -181,14 +183,11 @@ def run_connection(params, steps, **host_kw) -> None:
         check_invariants(peer.tp)
 
 
-# Found by this test (minimal examples below); see test_send_path_rules.py for the rules.
-KNOWN_BUGS = ("stack bugs: a tail loss probe is counted in retrans_out (Linux: "
-              "__tcp_retransmit_skb, tlp_retrans only), and an RTO with a SACKed head does not "
-              "treat the SACKs as reneged; either way retrans_out exceeds packets_out")
+# The two examples below are regressions this test found once: a tail loss probe counted in
+# retrans_out, and an RTO with a SACKed head that did not treat the SACKs as reneged.
 SACK_PEER = {"iss": None, "peer_isn": 0x5EED0000, "ts": False, "sack": True, "wscale": None}
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_BUGS)
 @SETTINGS
 @example(params=SACK_PEER, steps=[("ack", 0.9375, 0, None), ("advance", 1.0)])  # TLP, RTO
 @example(params=SACK_PEER, steps=[("ack", 1.0, 1460, None), ("ack", 0.0, 0, (0.0, 1)),
@@ -201,8 +200,7 @@ def test_random_segments_icmp_and_writes_keep_invariants(params, steps):
 @SETTINGS
 @given(params=connection, steps=st.lists(step, max_size=30))
 def test_random_input_to_non_sack_connection_keeps_invariants(params, steps):
-    # The same property where the two known bugs cannot trigger (no SACK: no TLP, no SACK
-    # scoreboard), so everything else stays guarded while they are open.
+    # The same property without SACK: NewReno's dupack counting instead of the scoreboard.
     run_connection(dict(params, sack=False), steps)
 
 
@@ -214,9 +212,9 @@ def test_random_input_to_non_sack_connection_keeps_invariants(params, steps):
                      max_size=25),
        gaps=st.lists(st.sampled_from([0.0, 0.001, 0.05, 0.3]), min_size=25, max_size=25))
 def test_plausible_peer_keeps_invariants(params, acks, gaps):
-    # Only well-formed ACKs (cumulative, SACK blocks inside the flight) and time: recovery.
-    # Tail loss probes are off: with them this finds the TLP retrans_out bug of KNOWN_BUGS.
-    peer = open_connection(mss=1460, win=64000, tcp_early_retrans=0, **params)
+    # Only well-formed ACKs (cumulative, SACK blocks inside the flight) and time: recovery,
+    # with tail loss probes on (tcp_early_retrans=3) as Linux has them by default.
+    peer = open_connection(mss=1460, win=64000, tcp_early_retrans=3, **params)
     peer.write(b"q" * 60000)
     for (frac, win, sack), dt in zip(acks, gaps):
         run_step(peer, ("ack", frac, win, sack))
@@ -265,6 +263,27 @@ def _byte_entry(host: Host):
     return decode_then_receive
 
 
+def _tcp_segment_for(peer) -> bytes:
+    from stack.wire import encode_tcp, ip_to_bytes
+    tp = peer.tp
+    peer.tsval += 1
+    return encode_tcp(ip_to_bytes(REMOTE_IP), ip_to_bytes(LOCAL_IP), REMOTE_PORT, LOCAL_PORT,
+                      peer.seq, tp.snd_nxt, 0x18, 500,
+                      ((1, None), (1, None), (8, (peer.tsval, peer.last_tsval_seen)),
+                       (1, None), (1, None),
+                       (5, ((tp.snd_una, (tp.snd_una + 1000) & 0xFFFFFFFF),))),
+                      b"payload" * 10)
+
+
+def _resealed(tcp: bytearray) -> bytes:
+    """An IPv4 packet around ``tcp`` with both checksums right, so the mutation gets through."""
+    from stack.wire import encode_ipv4, ip_to_bytes, tcp_checksum
+    src, dst = ip_to_bytes(REMOTE_IP), ip_to_bytes(LOCAL_IP)
+    tcp[16:18] = b"\0\0"
+    tcp[16:18] = tcp_checksum(src, dst, bytes(tcp)).to_bytes(2, "big")
+    return encode_ipv4(src, dst, 6, bytes(tcp))
+
+
 mutation = st.tuples(st.integers(0, 200), st.integers(0, 255))
 
 
@@ -273,6 +292,7 @@ mutation = st.tuples(st.integers(0, 200), st.integers(0, 255))
        truncate=st.one_of(st.none(), st.integers(0, 200)),
        junk=st.lists(st.binary(max_size=120), max_size=3))
 def test_garbage_bytes_at_byte_entry_keep_invariants(which, mutations, truncate, junk):
+    # Mutated packets (checksums left as they are) and random bytes.
     peer = open_connection(mss=1460, win=64000)
     peer.write(b"q" * 20000)
     entry = _byte_entry(peer.host)
@@ -286,6 +306,29 @@ def test_garbage_bytes_at_byte_entry_keep_invariants(which, mutations, truncate,
         entry(data, peer.now)
         peer.collect()
         check_invariants(peer.tp)
+
+
+@SETTINGS
+@given(mutations=st.lists(st.tuples(st.integers(0, 63), st.integers(0, 255)), min_size=1,
+                          max_size=8),
+       truncate=st.one_of(st.none(), st.integers(0, 100)))
+def test_mutated_tcp_with_valid_checksums_keeps_invariants(mutations, truncate):
+    # Header and option bytes mutated, then checksummed again: the TCP decoder and the
+    # connection see the garbage, not the checksum check.
+    peer = open_connection(mss=1460, win=64000, ts=True)
+    peer.write(b"q" * 20000)
+    entry = _byte_entry(peer.host)
+    tcp = bytearray(_tcp_segment_for(peer))
+    for pos, value in mutations:
+        if pos < len(tcp):
+            tcp[pos] = value
+    if truncate is not None:
+        del tcp[truncate:]
+    entry(_resealed(tcp), peer.now)
+    peer.collect()
+    check_invariants(peer.tp)
+    peer.advance(1.0)
+    check_invariants(peer.tp)
 
 
 def test_host_has_a_byte_level_entry():

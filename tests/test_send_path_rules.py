@@ -7,12 +7,14 @@ The fake peer is the ``established`` fixture in conftest.py.
 
 from __future__ import annotations
 
+import errno
+
 import pytest
 
-from stack import IcmpError, Segment, Sysctl
+from stack import IcmpError, Segment
 from stack.constants import (
     EAGAIN, ICSK_TIME_PROBE0, ICSK_TIME_RETRANS, MSG_DONTWAIT, MSG_EOR, MSG_MORE, SO_RCVBUF,
-    SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CORK, TCP_ESTABLISHED,
+    SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED,
     TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_MAXSEG, TCP_NOTSENT_LOWAT, TCP_TIME_WAIT,
     TCPHDR_ACK, TCPHDR_FIN, TCPHDR_PSH, TCPHDR_RST, TCPHDR_SYN,
 )
@@ -354,16 +356,12 @@ def test_so_sndbuf_is_doubled_and_clamped_by_wmem_max(established):
 # include/net/sock.h: TCP_SKB_MIN_TRUESIZE = 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff))
 # = 2048 + 256 on x86_64; SOCK_MIN_SNDBUF = 2 * that = 4608, SOCK_MIN_RCVBUF = 2304
 # (`ss -m` shows tb4608 after setsockopt(SO_SNDBUF, 1)).
-@pytest.mark.xfail(strict=True, reason="stack bug: SOCK_MIN_SNDBUF is 5248 (adds the 320-byte "
-                   "skb_shared_info); Linux's is 2 * (2048 + 256) = 4608")
 def test_so_sndbuf_minimum_is_sock_min_sndbuf(established):
     peer = established()
     assert peer.setsockopt(SOL_SOCKET, SO_SNDBUF, 1) == 0
     assert peer.tp.sndbuf == 4608
 
 
-@pytest.mark.xfail(strict=True, reason="stack bug: SOCK_MIN_RCVBUF is 2624; Linux's is "
-                   "2048 + 256 = 2304")
 def test_so_rcvbuf_minimum_is_sock_min_rcvbuf(established):
     peer = established()
     assert peer.setsockopt(SOL_SOCKET, SO_RCVBUF, 1) == 0
@@ -504,8 +502,6 @@ def test_tail_loss_probe_resends_last_segment_after_two_rtt(established):
     assert tp.pending == ICSK_TIME_RETRANS
 
 
-@pytest.mark.xfail(strict=True, reason="stack bug: tcp_send_loss_probe() cuts the probe at "
-                   "len - mss; Linux's cuts at (pcount - 1) * mss and resends the last segment")
 def test_tail_loss_probe_resends_last_segment_as_sent(established):
     # One 2500-byte skb went out as 1460 + 1040; Linux's probe is the 1040-byte segment.
     peer = established()
@@ -517,9 +513,6 @@ def test_tail_loss_probe_resends_last_segment_as_sent(established):
     assert [(peer.rel(s.seq), len(s.payload)) for s in probe] == [(1 + MSS, 2500 - MSS)]
 
 
-@pytest.mark.xfail(strict=True, reason="stack bug: the loss probe goes through "
-                   "tcp_retransmit_skb(), which counts it in retrans_out; Linux uses "
-                   "__tcp_retransmit_skb() and sets only tlp_retrans")
 def test_tail_loss_probe_is_not_counted_in_retrans_out(established):
     peer = established()
     tp = peer.tp
@@ -532,8 +525,6 @@ def test_tail_loss_probe_is_not_counted_in_retrans_out(established):
     assert tp.retrans_out == 1 <= tp.packets_out
 
 
-@pytest.mark.xfail(strict=True, reason="stack bug: tcp_send_loss_probe() sends new data with "
-                   "tp.nonagle; Linux uses TCP_NAGLE_OFF, so data Nagle held is the probe")
 def test_tail_loss_probe_sends_new_data_nagle_held(established):
     peer = established()
     peer.write(b"a" * 100)
@@ -543,9 +534,6 @@ def test_tail_loss_probe_sends_new_data_nagle_held(established):
     assert [s.payload for s in peer.new()] == [b"b" * 100]
 
 
-@pytest.mark.xfail(strict=True, reason="stack bug: tcp_timeout_mark_lost() has no SACK "
-                   "reneging case; a SACKed head is retransmitted on every RTO and retrans_out "
-                   "grows past packets_out (Linux clears SACKED_ACKED, sacked_out = 0)")
 def test_rto_with_sacked_head_treats_sacks_as_reneged(established):
     peer = established(tcp_early_retrans=0)
     tp = peer.tp
@@ -644,6 +632,22 @@ def test_delayed_ack_quickack_then_delayed(established):
     # ato = TCP_ATO_MIN (40 ms), filed in the wheel's level 0: fires one tick after.
     assert 0.040 < when - t_data <= 0.040 + 2 * TICK_S
     assert peer.host.mib["TcpExtDelayedACKs"] == delayed_before + 1
+
+
+def test_quickack_credit_spent_only_by_acks_of_new_data(established):
+    # tcp_dec_quickack_mode() (6.6+): only an ACK sent while one was scheduled uses up a
+    # quick ACK; our own data segments (ACK flag, nothing to acknowledge) do not.
+    peer = established()
+    tp = peer.tp
+    quickacks = min(tp.rcv_wnd // (2 * tp.rcv_mss), 16)
+    assert peer.send(TCPHDR_ACK | TCPHDR_PSH, b"r" * 100, dt=0.001)     # quick ACK no. 1
+    peer.advance(0.1)                               # later than ato: no ping-pong
+    peer.write(b"x" * (10 * MSS))
+    assert payload_lengths(peer.new()) == [MSS] * 10
+    immediate = []
+    for _ in range(quickacks + 2):
+        immediate.append(bool(peer.send(TCPHDR_ACK | TCPHDR_PSH, b"d" * 100, dt=0.001)))
+    assert immediate == [True] * (quickacks - 1) + [False] * 3
 
 
 def test_receiver_acks_every_second_full_segment(established):
@@ -754,7 +758,7 @@ def test_rst_in_window_resets_connection(established):
     peer = established()
     peer.send(TCPHDR_RST)
     assert peer.tp.state == TCP_CLOSE
-    assert peer.call(peer.sock.recv(10)).error == 104        # ECONNRESET
+    assert peer.call(peer.sock.recv(10)).error == errno.ECONNRESET
 
 
 def test_rst_out_of_window_gets_challenge_ack(established):
@@ -794,3 +798,16 @@ def test_frag_needed_in_window_shrinks_mss_and_retransmits(established):
     assert tp.mss_cache == 1200 - 40
     # tcp_simple_retransmit(): the too-big segment is resent at once in the new size.
     assert payload_lengths(peer.new()) == [1160, MSS - 1160]
+
+
+def test_frag_needed_below_min_pmtu_clamps_to_min_pmtu(established):
+    # __ip_rt_update_pmtu(): an MTU under net.ipv4.route.min_pmtu (552) is raised to it and
+    # the route is locked there; the MSS follows (552 - 40).
+    peer = established()
+    tp = peer.tp
+    peer.write(b"x" * MSS)
+    peer.new()
+    peer.host.receive_icmp(_frag_needed(peer, tp.snd_una, 300), peer.now)
+    peer.collect()
+    assert tp.mss_cache == 552 - 40
+    assert payload_lengths(peer.new()) == [512, 512, MSS - 1024]

@@ -1,0 +1,255 @@
+"""``sendlab sweep``: run every cell of an experiment, store each result as it finishes, resume.
+
+Results live in ``DIR/results.db`` (SQLite): one row per cell in ``cells`` and the cell's
+summary.json flattened into tidy ``rows`` (cell, scope, entity, metric, value). Each cell
+is committed in one transaction, so an interrupted sweep loses nothing that finished and a
+rerun skips what is done. Each cell's summary.json and pcaps are in ``DIR/cells/<id>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sqlite3
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+from .experiment import Cell, Experiment, cell_topology, load_cells
+from .metrics import flow_metrics
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, mode TEXT NOT NULL,
+    params TEXT NOT NULL, overrides TEXT NOT NULL, rep INTEGER NOT NULL, seed INTEGER NOT NULL,
+    backend TEXT NOT NULL, status TEXT NOT NULL, error TEXT, wall_s REAL, finished_at REAL,
+    worker TEXT
+);
+CREATE TABLE IF NOT EXISTS rows (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id), scope TEXT NOT NULL, entity TEXT NOT NULL,
+    metric TEXT NOT NULL, value REAL, text TEXT
+);
+CREATE INDEX IF NOT EXISTS rows_cell ON rows(cell_id);
+"""
+
+
+def open_db(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+def done_cells(db: sqlite3.Connection) -> dict[str, str]:
+    return dict(db.execute("SELECT cell_id, status FROM cells"))
+
+
+def record(db: sqlite3.Connection, exp: Experiment, cell: Cell, status: str, *, summary=None,
+           error: str | None = None, wall_s: float = 0.0, worker: str = "local") -> None:
+    """Write one cell and its rows in a single transaction (all or nothing)."""
+    with db:
+        db.execute("DELETE FROM rows WHERE cell_id = ?", (cell.cell_id,))
+        db.execute("INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (cell.cell_id, exp.name, cell.mode, json.dumps(cell.params, sort_keys=True),
+                    json.dumps(cell.overrides), cell.rep, cell.seed, exp.backend, status, error,
+                    wall_s, time.time(), worker))
+        if summary is not None:
+            db.executemany("INSERT INTO rows VALUES (?,?,?,?,?,?)", list(tidy_rows(cell, summary)))
+
+
+def tidy_rows(cell: Cell, summary: dict):
+    for flow in summary["flows"]:
+        for metric, value in flow_metrics(flow).items():
+            yield (cell.cell_id, "flow", flow["name"], metric, _num(value), None)
+        for size, count in flow.get("segment_sizes", {}).items():
+            yield (cell.cell_id, "segment_size", flow["name"], str(size), float(count), None)
+        yield (cell.cell_id, "flow", flow["name"], "stack", None, flow.get("stack"))
+    for name, router in summary.get("routers", {}).items():
+        for metric, value in router.get("counters", {}).items():
+            yield (cell.cell_id, "router", name, metric, _num(value), None)
+    for name, link in summary.get("links", {}).items():
+        for metric, value in link.items():
+            yield (cell.cell_id, "link", name, metric, _num(value), None)
+
+
+def _num(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    return float(value)
+
+
+def run_cell(topo_file: str, cell: Cell, out_dir: str, backend: str) -> dict:
+    """Run one cell (in a worker process); returns its summary."""
+    topo = cell_topology(Path(topo_file), cell)
+    if backend != "sim":
+        raise RuntimeError(f"backend {backend!r} cannot run cells yet")
+    from .run import run_sim
+    return run_sim(topo, out_dir, seed=cell.seed)
+
+
+def sweep(path: str, out: str, *, jobs: int = 1, retry_failed: bool = False,
+          backend: str | None = None, console=None) -> int:
+    exp, topo_file, cells = load_cells(path, backend)
+    if exp.backend == "mininet":
+        raise_backend_unavailable()
+    out_dir = Path(out)
+    (out_dir / "cells").mkdir(parents=True, exist_ok=True)
+    db = open_db(out_dir / "results.db")
+    _write_meta(db, exp, path, out, jobs)
+    status = done_cells(db)
+    todo = [c for c in cells if status.get(c.cell_id) != "done" and
+            (retry_failed or status.get(c.cell_id) != "failed")]
+    skipped = len(cells) - len(todo)
+    progress = _Progress(console, len(cells), skipped, exp.name)
+    try:
+        _run_all(db, exp, topo_file, todo, out_dir, jobs, progress)
+        ids = [c.cell_id for c in cells]
+        failed = sum(1 for cid, st in done_cells(db).items() if st == "failed" and cid in ids)
+    finally:
+        progress.stop()
+        db.close()
+    # Failed cells (new or left from an earlier run) make the sweep's exit status non-zero.
+    return 1 if failed else 0
+
+
+def raise_backend_unavailable() -> None:
+    from .experiment import ExperimentError
+    raise ExperimentError("--backend", None, "backend",
+                          "the mininet backend is not available yet; use --backend sim")
+
+
+def _run_all(db, exp, topo_file, todo, out_dir, jobs, progress) -> int:
+    failed = 0
+    if jobs <= 1:
+        for cell in todo:
+            failed += _one(db, exp, cell, progress, lambda c=cell: run_cell(
+                str(topo_file), c, str(out_dir / "cells" / c.cell_id), exp.backend))
+        return failed
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pending = {}
+        queue = list(todo)
+        try:
+            while queue or pending:
+                while queue and len(pending) < jobs * 2:
+                    cell = queue.pop(0)
+                    fut = pool.submit(run_cell, str(topo_file), cell,
+                                      str(out_dir / "cells" / cell.cell_id), exp.backend)
+                    pending[fut] = (cell, time.perf_counter())
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    cell, t0 = pending.pop(fut)
+                    failed += _store(db, exp, cell, progress, fut, t0)
+        except KeyboardInterrupt:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return failed
+
+
+def _one(db, exp, cell, progress, fn) -> int:
+    t0 = time.perf_counter()
+    try:
+        summary = fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a cell's failure is data: record it and go on
+        record(db, exp, cell, "failed", error=_describe(exc), wall_s=time.perf_counter() - t0)
+        progress.advance(failed=True)
+        return 1
+    record(db, exp, cell, "done", summary=summary, wall_s=time.perf_counter() - t0)
+    progress.advance()
+    return 0
+
+
+def _store(db, exp, cell, progress, fut, t0) -> int:
+    exc = fut.exception()
+    if exc is not None:
+        record(db, exp, cell, "failed", error=_describe(exc), wall_s=time.perf_counter() - t0)
+        progress.advance(failed=True)
+        return 1
+    record(db, exp, cell, "done", summary=fut.result(), wall_s=time.perf_counter() - t0)
+    progress.advance()
+    return 0
+
+
+def _describe(exc: BaseException) -> str:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-3:])
+
+
+def _write_meta(db, exp: Experiment, path: str, out: str, jobs: int) -> None:
+    meta = {
+        "experiment": exp.name, "experiment_file": str(Path(path).resolve()),
+        "command": f"sendlab sweep {path} --backend {exp.backend} --jobs {jobs} --out {out}",
+        "machine": platform.node(), "kernel": platform.release(),
+        "python": platform.python_version(), "cpus": str(os.cpu_count()),
+        "backend": exp.backend, "shaping": "sendlab link model (virtual clock)"
+        if exp.backend == "sim" else "netem or the sendlab user-space shaper",
+        "spec": exp.model_dump_json(),
+    }
+    with db:
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+
+
+class _Progress:
+    """A rich progress bar: cells done, failed, and the time left."""
+
+    def __init__(self, console, total: int, skipped: int, name: str) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self.failed = 0
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
+                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                                 console=console, transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task(name, total=total, completed=skipped, failed=0)
+
+    def advance(self, failed: bool = False) -> None:
+        if failed:
+            self.failed += 1
+        self.progress.update(self.task, advance=1, failed=self.failed)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def export(out: str, *, csv_path: str | None = None, parquet_path: str | None = None) -> int:
+    """The tidy table: one row per (cell, scope, entity, metric) with the cell's parameters."""
+    db = open_db(Path(out) / "results.db")
+    rows = db.execute(
+        "SELECT c.cell_id, c.experiment, c.mode, c.params, c.rep, c.seed, c.backend, c.status, "
+        "r.scope, r.entity, r.metric, r.value, r.text FROM rows r JOIN cells c USING (cell_id) "
+        "ORDER BY c.cell_id, r.scope, r.entity, r.metric").fetchall()
+    db.close()
+    keys = sorted({k for row in rows for k in json.loads(row[3])})
+    header = ["cell_id", "experiment", "mode", *keys, "rep", "seed", "backend", "status",
+              "scope", "entity", "metric", "value", "text"]
+    table = []
+    for row in rows:
+        params = json.loads(row[3])
+        table.append([row[0], row[1], row[2], *(params.get(k) for k in keys), *row[4:]])
+    if csv_path:
+        import csv
+        with open(csv_path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(table)
+    if parquet_path:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SystemExit("sendlab: --parquet needs pyarrow (pip install pyarrow)") from None
+        cols = {h: [r[i] for r in table] for i, h in enumerate(header)}
+        pq.write_table(pa.table({k: [None if v is None else str(v) if not isinstance(
+            v, (int, float)) else v for v in vals] for k, vals in cols.items()}), parquet_path)
+    return len(table)
