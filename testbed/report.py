@@ -86,7 +86,10 @@ class Results:
                 continue
             params = {**cell["params"], "mode": cell["mode"] or "default"}
             xval = params.get(x, "all") if x != "mode" else _label(cell["params"], {by})
-            group = _label(cell["params"], {x}) if by == "mode" else str(params.get(by))
+            if by == "mode":
+                group = " ".join(p for p in (cell["mode"], _label(cell["params"], {x})) if p)
+            else:
+                group = str(params.get(by))
             out[group][json.dumps(xval) if not isinstance(xval, str) else xval].append(value)
         return out
 
@@ -136,7 +139,7 @@ def _plot_hist(res: Results, flow: str, base: Path, title: str) -> str | None:
     for cid, cell in res.cells.items():
         if cell["status"] != "done":
             continue
-        label = _label(cell["params"], x_keys)
+        label = " ".join(p for p in (cell["mode"], _label(cell["params"], x_keys)) if p)
         for size, count in res.sizes.get(cid, {}).items():
             by_mode[label][size] += count
     if not by_mode:
@@ -167,7 +170,7 @@ def _table(res: Results, flow: str) -> str:
     for cid, cell in res.cells.items():
         if cell["status"] != "done":
             continue
-        label = _label(cell["params"], set())
+        label = " ".join(p for p in (cell["mode"], _label(cell["params"], set())) if p)
         for m in metrics:
             v = res.values[cid].get((flow, m))
             if v is not None:
