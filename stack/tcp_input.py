@@ -861,6 +861,7 @@ def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
         _apply_ts(tp, opt)
         if tp.tstamp_ok:
             tp.ts_recent_stamp = now
+            tp.advmss -= 12   # from now on every segment carries the timestamp option
         tp.irs = seg.seq
         tp.rcv_nxt = tp.rcv_wup = tp.copied_seq = (seg.seq + 1) & 0xFFFFFFFF
         tp.snd_wl1 = seg.seq
@@ -921,6 +922,8 @@ def tcp_rcv_synrecv(tp, seg, now: float) -> None:
     if not tp.syn_retries and tp.synack_stamp is not None:
         rtt_us = max(int((now - tp.synack_stamp) * 1e6), 1)
         tcp_ack_update_rtt(tp, FLAG_SYN_ACKED, rtt_us, -1, rtt_us, now)
+    if tp.tstamp_ok:
+        tp.advmss -= 12   # the SYN-ACK advertised the full MSS; segments now carry timestamps
     tcp_sync_mss(tp, tp.host.route_mtu(tp.daddr))
     tcp_initialize_rcv_mss(tp)
     tcp_set_state(tp, TCP_ESTABLISHED)

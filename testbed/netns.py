@@ -133,7 +133,8 @@ class Namespace:
     def path(self) -> str:
         return os.path.join(NETNS_DIR, self.name)
 
-    def run(self, cmd: list, *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(self, cmd: list, *, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess:
         """Run a command inside the namespace and wait for it."""
         return _run(["ip", "netns", "exec", self.name, *cmd], check=check, timeout=timeout)
 
@@ -174,7 +175,8 @@ class Namespace:
 
     def disable_ipv6(self, ifname: str) -> None:
         # No router solicitations or DAD on the link: only the frames the test makes.
-        if self.run(["test", "-e", f"/proc/sys/net/ipv6/conf/{ifname}"], check=False).returncode == 0:
+        probe = self.run(["test", "-e", f"/proc/sys/net/ipv6/conf/{ifname}"], check=False)
+        if probe.returncode == 0:
             self.sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", 1)
 
     def addr_add(self, ifname: str, cidr: str) -> None:
@@ -193,7 +195,7 @@ class NetnsRun:
     """The namespaces, links and processes of one run (a context manager)."""
 
     def __init__(self, prefix: str | None = None, record_dir: str | None = None) -> None:
-        self.prefix = prefix or "sl" + secrets.token_hex(2)
+        self.prefix = prefix or _unused_prefix()
         self.namespaces: list[str] = []
         self.links: list[str] = []          # one end's name per veth, as created in the root ns
         self.pids: list[int] = []
@@ -207,9 +209,10 @@ class NetnsRun:
 
     def add_namespace(self, short: str) -> Namespace:
         name = f"{self.prefix}-{short}"
-        self.namespaces.append(name)   # recorded first: a half-made one is still removed
-        self._save()
+        # Recorded only once made: if `add` fails (the name exists), it is someone else's.
         _run(["ip", "netns", "add", name])
+        self.namespaces.append(name)
+        self._save()
         ns = Namespace(name, self)
         ns.run(["ip", "link", "set", "lo", "up"])
         return ns
@@ -220,10 +223,10 @@ class NetnsRun:
         """A veth pair with one end in ``a`` and one in ``b``; ``mtu`` per end as (a, b)."""
         idx = len(self.links)
         a_if, b_if = f"{self.prefix}v{idx}a", f"{self.prefix}v{idx}b"
-        self.links.append(a_if)
-        self._save()
         _run(["ip", "link", "add", a_if, "netns", a.name, "type", "veth",
               "peer", "name", b_if, "netns", b.name])
+        self.links.append(a_if)
+        self._save()
         mtu_a, mtu_b = (mtu, mtu) if isinstance(mtu, int) else mtu
         offloads = DEFAULT_OFFLOADS if offloads is None else offloads
         for ns, ifname, m in ((a, a_if, mtu_a), (b, b_if, mtu_b)):
@@ -282,6 +285,21 @@ class NetnsRun:
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
+
+
+def _unused_prefix() -> str:
+    """'sl' + 4 hex digits that no namespace, root-namespace link or record uses yet.
+
+    Other runs on the machine use the same scheme; a clash would make cleanup delete theirs.
+    """
+    names = _run(["ip", "netns", "list"], check=False).stdout
+    names += _run(["ip", "-o", "link", "show"], check=False).stdout
+    for _ in range(100):
+        prefix = "sl" + secrets.token_hex(2)
+        record = os.path.join(tempfile.gettempdir(), f"sendlab-netns-{prefix}.json")
+        if prefix not in names and not os.path.exists(record):
+            return prefix
+    raise NetnsError("no unused run prefix found")
 
 
 def _stop(handle, grace_s: float = 2.0) -> None:
