@@ -72,4 +72,6 @@ else
     "$VENV/bin/python" -m pip install -q -e '.[test]'
     echo "$want" >"$STAMP"
 fi
+# 4. The emulated backend's tools (Open vSwitch, Mininet, os-ken): its tests run as root.
+bash scripts/install-emulation.sh
 say "ready"
