@@ -198,15 +198,14 @@ class Host:
 
     def run_softirq(self, now: float) -> None:
         """Run deferred TSQ work (tcp_tsq_handler) queued by TX completions."""
-        from .tcp_output import tcp_current_mss, tcp_write_xmit, tcp_xmit_retransmit_queue
         while self._tsq:
             tp = self._tsq.pop(0)
             tp.tsq_queued = False
             if tp.state == TCP_CLOSE:
                 continue
             if tp.lost_out > tp.retrans_out and tp.snd_cwnd > tp.packets_in_flight():
-                tcp_xmit_retransmit_queue(tp, now)
-            tcp_write_xmit(tp, tcp_current_mss(tp), tp.nonagle, 0, now)
+                _tcp_output.tcp_xmit_retransmit_queue(tp, now)
+            _tcp_output.tcp_write_xmit(tp, _tcp_output.tcp_current_mss(tp), tp.nonagle, 0, now)
 
     def take_frames(self) -> list:
         frames = self.out_frames
@@ -267,3 +266,7 @@ class Host:
 
 
 __all__ = ["Host", "PmtuEntry", "TCP_ESTABLISHED", "TCPHDR_ACK", "TCPHDR_SYN"]
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import tcp_output as _tcp_output  # noqa: E402

@@ -112,6 +112,7 @@ class TcpSock:
         # Queues: unsent data (sk_write_queue) and sent, unacked data (tcp_rtx_queue).
         self.write_queue: deque = deque()
         self.rtx_queue: deque = deque()
+        self.tsorted: dict = {}     # sent skbs in transmit order (tsorted_sent_queue), for RACK
 
         # Congestion control.
         self.snd_cwnd = TCP_INIT_CWND

@@ -245,27 +245,24 @@ def tcp_recvmsg(tp, size: int, flags: int, now: float):
     if not flags & MSG_PEEK:
         del q[:n]
         tp.copied_seq = (tp.copied_seq + n) & 0xFFFFFFFF
-        from .tcp_input import tcp_rcv_space_adjust
-        tcp_rcv_space_adjust(tp, now)
+        _tcp_input.tcp_rcv_space_adjust(tp, now)
         tcp_cleanup_rbuf(tp, n, now)
     return data
 
 
 def tcp_cleanup_rbuf(tp, copied: int, now: float) -> None:
     """After the application read: ACK now if that opened the window a lot."""
-    from .tcp_input import __tcp_select_window, tcp_receive_window
-    from .constants import ICSK_ACK_SCHED, ICSK_ACK_PUSHED, ICSK_ACK_PUSHED2
     time_to_ack = False
-    if tp.ack_pending & ICSK_ACK_SCHED:
+    if tp.ack_pending & _constants.ICSK_ACK_SCHED:
         if (seq_sub(tp.rcv_nxt, tp.rcv_wup) > tp.rcv_mss or
-                (copied > 0 and tp.ack_pending & ICSK_ACK_PUSHED2) or
-                (copied > 0 and tp.ack_pending & ICSK_ACK_PUSHED and not tp.ack_pingpong
+                (copied > 0 and tp.ack_pending & _constants.ICSK_ACK_PUSHED2) or
+                (copied > 0 and tp.ack_pending & _constants.ICSK_ACK_PUSHED and not tp.ack_pingpong
                  and not tp.receive_queue)):
             time_to_ack = True
     if copied > 0 and not time_to_ack and not tp.shutdown & RCV_SHUTDOWN:
-        rcv_window_now = tcp_receive_window(tp)
+        rcv_window_now = _tcp_input.tcp_receive_window(tp)
         if 2 * rcv_window_now <= tp.window_clamp:
-            new_window = __tcp_select_window(tp)
+            new_window = _tcp_input.__tcp_select_window(tp)
             if new_window and new_window >= 2 * rcv_window_now:
                 time_to_ack = True
     if time_to_ack and tp.state not in (TCP_CLOSE, TCP_LISTEN):
@@ -374,8 +371,7 @@ def setsockopt(tp, level: int, optname: int, value, now: float) -> int:
     if level not in (SOL_TCP, IPPROTO_TCP):
         return -ENOPROTOOPT
     if optname == TCP_CONGESTION:
-        from .tcp_cong import tcp_set_congestion_control
-        return tcp_set_congestion_control(tp, value, now)
+        return _tcp_cong.tcp_set_congestion_control(tp, value, now)
     val = int(value)
     if optname == TCP_NODELAY:
         __tcp_sock_set_nodelay(tp, bool(val), now)
@@ -446,3 +442,9 @@ def getsockopt(tp, level: int, optname: int):
 
 def tcp_current_mss_for_user(tp) -> int:
     return tcp_current_mss(tp)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import constants as _constants  # noqa: E402
+from . import tcp_cong as _tcp_cong  # noqa: E402
+from . import tcp_input as _tcp_input  # noqa: E402

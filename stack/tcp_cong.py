@@ -65,8 +65,7 @@ class Reno(CongestionOps):
     name = "reno"
 
     def cong_avoid(self, tp, ack: int, acked: int, now: float) -> None:
-        from .tcp_output import tcp_is_cwnd_limited
-        if not tcp_is_cwnd_limited(tp):
+        if not _tcp_output.tcp_is_cwnd_limited(tp):
             return
         if tp.in_slow_start():
             acked = tcp_slow_start(tp, acked)
@@ -191,8 +190,7 @@ class Cubic(CongestionOps):
         ca.cnt = max(ca.cnt, 2)
 
     def cong_avoid(self, tp, ack: int, acked: int, now: float) -> None:
-        from .tcp_output import tcp_is_cwnd_limited
-        if not tcp_is_cwnd_limited(tp):
+        if not _tcp_output.tcp_is_cwnd_limited(tp):
             return
         if tp.in_slow_start():
             acked = tcp_slow_start(tp, acked)
@@ -238,8 +236,7 @@ class Cubic(CongestionOps):
             self._hystart_update(tp, ca, delay, now)
 
     def _hystart_update(self, tp, ca: _CubicState, delay: int, now: float) -> None:
-        from .seq import after
-        if after(tp.snd_una, ca.end_seq):
+        if _seq.after(tp.snd_una, ca.end_seq):
             self._hystart_reset(tp, ca, now)
         if tp.snd_cwnd < HYSTART_LOW_WINDOW:
             return
@@ -284,3 +281,8 @@ def tcp_set_congestion_control(tp, value, now: float) -> int:
         # Already established: initialise now, as Linux does on a live socket.
         tp.ca_ops.init(tp, now)
     return 0
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import seq as _seq  # noqa: E402
+from . import tcp_output as _tcp_output  # noqa: E402

@@ -230,8 +230,7 @@ def tcp_ack_update_rtt(tp, flag: int, seq_rtt_us: int, sack_rtt_us: int, ca_rtt_
     if seq_rtt_us < 0:
         seq_rtt_us = sack_rtt_us
     if seq_rtt_us < 0 and tp.saw_tstamp and tp.rcv_tsecr and flag & FLAG_ACKED:
-        from .tcp_output import tcp_time_stamp
-        delta_ms = (tcp_time_stamp(tp, now) - tp.rcv_tsecr) & 0xFFFFFFFF
+        delta_ms = (_tcp_output.tcp_time_stamp(tp, now) - tp.rcv_tsecr) & 0xFFFFFFFF
         if delta_ms < 0x7FFFFFFF:
             seq_rtt_us = ca_rtt_us = max(delta_ms * 1000, 1)
     if seq_rtt_us < 0:
@@ -275,8 +274,7 @@ def tcp_ack_update_window(tp, seg, ack: int, ack_seq: int, now: float) -> int:
         if tp.snd_wnd != nwin:
             tp.snd_wnd = nwin
             if tp.write_queue:
-                from .tcp import tcp_slow_start_after_idle_check
-                tcp_slow_start_after_idle_check(tp, now)
+                _tcp.tcp_slow_start_after_idle_check(tp, now)
             if nwin > tp.max_window:
                 tp.max_window = nwin
                 tcp_sync_mss(tp, tp.pmtu_cookie)
@@ -321,8 +319,7 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
         else:
             tp.delivered += acked_pcount
             if tp.sack_ok:
-                from .tcp_recovery import tcp_rack_advance
-                tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
+                _tcp_recovery.tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
         if sacked & TCPCB_LOST:
             tp.lost_out -= acked_pcount
         tp.packets_out -= acked_pcount
@@ -334,6 +331,7 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
         if not fully_acked:
             break
         q.popleft()
+        tp.tsorted.pop(skb, None)
         tp.wmem_queued -= skb.truesize
         tp.queue_shrunk = True
     if tp.packets_out < 0 or tp.retrans_out < 0 or tp.lost_out < 0 or tp.sacked_out < 0:
@@ -351,8 +349,7 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
     if flag & FLAG_ACKED:
         flag |= FLAG_SET_XMIT_TIMER
         if tp.mtup_probe_size and not after(tp.mtu_probe_seq_end, tp.snd_una):
-            from .tcp_mtu import tcp_mtup_probe_success
-            tcp_mtup_probe_success(tp, now)
+            _tcp_mtu.tcp_mtup_probe_success(tp, now)
         if tp.ca_ops is not None:
             tp.ca_ops.pkts_acked(tp, pkts_acked, ca_rtt_us, now)
     return flag, pkts_acked
@@ -360,17 +357,15 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
 
 def _tcp_tso_acked(tp, skb) -> int:
     """Trim whole segments the ACK covers off the front of a TSO skb."""
-    from .tcp_output import tcp_set_skb_tso_segs, tcp_trim_head
     packets_acked = skb.pcount
-    tcp_trim_head(tp, skb, seq_sub(tp.snd_una, skb.seq))
+    _tcp_output.tcp_trim_head(tp, skb, seq_sub(tp.snd_una, skb.seq))
     if skb.pcount > 1:
-        tcp_set_skb_tso_segs(skb, skb.gso_size)
+        _tcp_output.tcp_set_skb_tso_segs(skb, skb.gso_size)
     return packets_acked - skb.pcount
 
 
 def tcp_ack(tp, seg, flag: int, now: float) -> int:
     """Process the ACK field; returns >0 if it was used, 0 if old, <0 if it must be dropped."""
-    from . import tcp_recovery as rec
     prior_snd_una = tp.snd_una
     ack = seg.ack_seq
     sack_state: dict = {}
@@ -382,9 +377,9 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
             return -1
         if sack:
             prior_delivered = tp.delivered
-            flag |= rec.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
-            flag, rexmit = rec.tcp_fastretrans_alert(tp, prior_snd_una, 0, flag, now)
-            rec.tcp_xmit_recovery(tp, rexmit, now)
+            flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+            flag, rexmit = _tcp_recovery.tcp_fastretrans_alert(tp, prior_snd_una, 0, flag, now)
+            _tcp_recovery.tcp_xmit_recovery(tp, rexmit, now)
             del prior_delivered
         return 0
     if after(ack, tp.snd_nxt):
@@ -397,32 +392,32 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     prior_delivered = tp.delivered
     flag |= tcp_ack_update_window(tp, seg, ack, seg.seq, now)
     if sack:
-        flag |= rec.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+        flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
     if seg.payload or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
         flag |= FLAG_DATA
     if not prior_packets:
         if tp.write_queue:
             tcp_ack_probe(tp, now)
         if tp.tlp_high_seq:
-            rec.tcp_process_tlp_ack(tp, ack, flag)
+            _tcp_recovery.tcp_process_tlp_ack(tp, ack, flag)
         return 1
     clean_flag, pkts_acked = tcp_clean_rtx_queue(tp, prior_snd_una, now, sack_state)
     flag |= clean_flag
     if tp.tlp_high_seq:
-        rec.tcp_process_tlp_ack(tp, ack, flag)
-    rexmit = rec.REXMIT_NONE
+        _tcp_recovery.tcp_process_tlp_ack(tp, ack, flag)
+    rexmit = _tcp_recovery.REXMIT_NONE
     if not flag & FLAG_NOT_DUP or flag & FLAG_CA_ALERT or tp.ca_state != TCP_CA_Open:
         num_dupack = 0
         if not flag & (FLAG_SND_UNA_ADVANCED | FLAG_NOT_DUP | FLAG_DSACKING_ACK):
             num_dupack = 1
-        flag, rexmit = rec.tcp_fastretrans_alert(tp, prior_snd_una, num_dupack, flag, now)
+        flag, rexmit = _tcp_recovery.tcp_fastretrans_alert(tp, prior_snd_una, num_dupack, flag, now)
     if flag & FLAG_SET_XMIT_TIMER:
-        rec.tcp_set_xmit_timer(tp, now)
+        _tcp_recovery.tcp_set_xmit_timer(tp, now)
     if not tp.retrans_out and flag & FLAG_SND_UNA_ADVANCED and tp.ca_state == TCP_CA_Open:
         tp.retrans_stamp = 0
     delivered = tp.delivered - prior_delivered
     tcp_cong_control(tp, ack, delivered, flag, prior_in_flight, now)
-    rec.tcp_xmit_recovery(tp, rexmit, now)
+    _tcp_recovery.tcp_xmit_recovery(tp, rexmit, now)
     return 1
 
 
@@ -456,17 +451,15 @@ def tcp_may_raise_cwnd(tp, flag: int) -> bool:
 
 def tcp_cong_control(tp, ack: int, acked_sacked: int, flag: int, prior_in_flight: int,
                      now: float) -> None:
-    from .tcp_recovery import tcp_cwnd_reduction, tcp_in_cwnd_reduction
-    if tcp_in_cwnd_reduction(tp):
-        tcp_cwnd_reduction(tp, acked_sacked, 0, flag, now)
+    if _tcp_recovery.tcp_in_cwnd_reduction(tp):
+        _tcp_recovery.tcp_cwnd_reduction(tp, acked_sacked, 0, flag, now)
     elif tcp_may_raise_cwnd(tp, flag):
         tp.ca_ops.cong_avoid(tp, ack, acked_sacked, now)
     tcp_update_pacing_rate(tp)
 
 
 def tcp_current_ssthresh(tp) -> int:
-    from .tcp_recovery import tcp_in_cwnd_reduction
-    if tcp_in_cwnd_reduction(tp):
+    if _tcp_recovery.tcp_in_cwnd_reduction(tp):
         return tp.snd_ssthresh
     return max(tp.snd_ssthresh, (tp.snd_cwnd >> 1) + (tp.snd_cwnd >> 2))
 
@@ -530,7 +523,6 @@ def tcp_event_data_recv(tp, seg, now: float) -> None:
 
 
 def __tcp_ack_snd_check(tp, ofo_possible: bool, now: float) -> None:
-    from .tcp import tcp_cleanup_rbuf  # noqa: F401  (kept for symmetry with the kernel)
     if ((seq_sub(tp.rcv_nxt, tp.rcv_wup) > tp.rcv_mss and
          (seq_sub(tp.rcv_nxt, tp.copied_seq) < 1 or __tcp_select_window(tp) >= tp.rcv_wnd)) or
             tcp_in_quickack_mode(tp) or tp.ack_pending & ICSK_ACK_NOW):
@@ -656,13 +648,12 @@ def tcp_fin(tp, now: float) -> None:
     tp.shutdown |= RCV_SHUTDOWN
     tp.done = True
     tp.ack_pending |= ICSK_ACK_SCHED
-    from .tcp import tcp_set_state, tcp_done
     if tp.state in (TCP_SYN_RECV, TCP_ESTABLISHED):
-        tcp_set_state(tp, TCP_CLOSE_WAIT)
+        _tcp.tcp_set_state(tp, TCP_CLOSE_WAIT)
         tp.ack_pingpong = 1
     elif tp.state == TCP_FIN_WAIT1:
         tcp_send_ack(tp, now)
-        tcp_set_state(tp, TCP_CLOSING)
+        _tcp.tcp_set_state(tp, TCP_CLOSING)
     elif tp.state == TCP_FIN_WAIT2:
         tcp_send_ack(tp, now)
         tcp_time_wait(tp, now)
@@ -671,8 +662,7 @@ def tcp_fin(tp, now: float) -> None:
 
 
 def tcp_time_wait(tp, now: float) -> None:
-    from .tcp import tcp_set_state
-    tcp_set_state(tp, TCP_TIME_WAIT)
+    _tcp.tcp_set_state(tp, TCP_TIME_WAIT)
     tp.pending = 0
     tp.timeout = None
     tp.timewait_deadline = now + TCP_TIMEWAIT_LEN_MS / 1000
@@ -680,7 +670,6 @@ def tcp_time_wait(tp, now: float) -> None:
 
 
 def tcp_reset(tp, now: float) -> None:
-    from .tcp import tcp_done
     if tp.state == TCP_SYN_SENT:
         tp.sk_err = ECONNREFUSED
     elif tp.state == TCP_CLOSE_WAIT:
@@ -690,9 +679,10 @@ def tcp_reset(tp, now: float) -> None:
     tp.host.mib["TcpEstabResets"] += tp.state in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
     tp.write_queue.clear()
     tp.rtx_queue.clear()
+    tp.tsorted.clear()
     tp.packets_out = tp.retrans_out = tp.lost_out = tp.sacked_out = 0
     tp.wmem_queued = 0
-    tcp_done(tp)
+    _tcp.tcp_done(tp)
 
 
 # --- the established-state receive path ----------------------------------------------------
@@ -759,11 +749,10 @@ def tcp_send_challenge_ack(tp, now: float) -> None:
 def tcp_rcv_state_after_ack(tp, seg, now: float) -> bool:
     """The state moves an ACK of our FIN causes. False when the segment must be dropped with
     a reset (data for a socket the application has closed)."""
-    from .tcp import tcp_done, tcp_set_state
     fin_acked = (tp.shutdown & SEND_SHUTDOWN and not tp.write_queue and not tp.rtx_queue
                  and tp.snd_una == tp.write_seq)
     if tp.state == TCP_FIN_WAIT1 and fin_acked:
-        tcp_set_state(tp, TCP_FIN_WAIT2)
+        _tcp.tcp_set_state(tp, TCP_FIN_WAIT2)
         if not tp.dead:
             tp.host.wake(tp)
         elif _new_data_beyond(tp, seg):
@@ -774,7 +763,7 @@ def tcp_rcv_state_after_ack(tp, seg, now: float) -> bool:
     elif tp.state == TCP_CLOSING and fin_acked:
         tcp_time_wait(tp, now)
     elif tp.state == TCP_LAST_ACK and fin_acked:
-        tcp_done(tp)
+        _tcp.tcp_done(tp)
     if tp.state in (TCP_FIN_WAIT1, TCP_FIN_WAIT2) and tp.shutdown & RCV_SHUTDOWN and \
             _new_data_beyond(tp, seg):
         # RFC 1122: data after we shut down reading gets a reset.
@@ -797,18 +786,15 @@ def _abort_on_data(tp, seg, now: float) -> bool:
 
 def tcp_init_transfer(tp, now: float) -> None:
     """Connection established: initial window, congestion control, buffers, pacing."""
-    from .stream import tcp_sndbuf_expand
-    from .tcp_cong import tcp_init_congestion_control
-    from .tcp_mtu import tcp_mtup_init
-    tcp_mtup_init(tp)
+    _tcp_mtu.tcp_mtup_init(tp)
     if tp.total_retrans > 1 and tp.undo_marker:
         tp.snd_cwnd = 1
     else:
         tp.snd_cwnd = tp.sysctl.tcp_init_cwnd
     tp.snd_cwnd_stamp = jiffies(now)
-    tcp_init_congestion_control(tp, now)
+    _tcp_cong.tcp_init_congestion_control(tp, now)
     if not tp.userlocks_sndbuf:
-        tcp_sndbuf_expand(tp)
+        _stream.tcp_sndbuf_expand(tp)
     tp.rcvq_space = min(tp.rcv_wnd, 10 * tp.advmss)
     tp.rcvq_seq = tp.copied_seq
     tp.rcvq_time = now
@@ -843,7 +829,6 @@ def apply_syn_options(tp, opt: dict) -> None:
 
 def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
     """Our SYN is out: expect a SYN-ACK (or a simultaneous-open SYN, which we refuse)."""
-    from .tcp import tcp_set_state
     flags = seg.flags
     if flags & TCPHDR_ACK:
         if not after(seg.ack_seq, tp.iss) or after(seg.ack_seq, tp.snd_nxt):
@@ -871,12 +856,11 @@ def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
         tp.max_window = max(tp.max_window, tp.snd_wnd)
         if not tp.wscale_ok:
             tp.rcv_wnd = min(tp.rcv_wnd, 65535)
-        from .tcp_mtu import tcp_mtup_init
-        tcp_mtup_init(tp)
+        _tcp_mtu.tcp_mtup_init(tp)
         tcp_sync_mss(tp, tp.pmtu_cookie or tp.host.route_mtu(tp.daddr))
         tcp_initialize_rcv_mss(tp)
         tp.snd_una = seg.ack_seq
-        tcp_set_state(tp, TCP_ESTABLISHED)
+        _tcp.tcp_set_state(tp, TCP_ESTABLISHED)
         tp.host.mib["TcpActiveOpens"] += 0
         tcp_init_transfer(tp, now)
         tp.host.wake(tp)
@@ -891,7 +875,6 @@ def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
 
 def tcp_rcv_synrecv(tp, seg, now: float) -> None:
     """A passive child waits for the ACK of its SYN-ACK."""
-    from .tcp import tcp_set_state
     flags = seg.flags
     if flags & TCPHDR_RST:
         if seg.seq == tp.rcv_nxt:
@@ -900,8 +883,7 @@ def tcp_rcv_synrecv(tp, seg, now: float) -> None:
         return
     if flags & TCPHDR_SYN and seg.seq == tp.irs:
         # The peer retransmitted its SYN: our SYN-ACK was lost.
-        from .tcp_output import tcp_send_synack
-        tcp_send_synack(tp, now)
+        _tcp_output.tcp_send_synack(tp, now)
         return
     if not flags & TCPHDR_ACK:
         return
@@ -926,7 +908,7 @@ def tcp_rcv_synrecv(tp, seg, now: float) -> None:
         tp.advmss -= 12   # the SYN-ACK advertised the full MSS; segments now carry timestamps
     tcp_sync_mss(tp, tp.host.route_mtu(tp.daddr))
     tcp_initialize_rcv_mss(tp)
-    tcp_set_state(tp, TCP_ESTABLISHED)
+    _tcp.tcp_set_state(tp, TCP_ESTABLISHED)
     tcp_init_transfer(tp, now)
     if tp.saw_tstamp:
         tp.ts_recent = tp.rcv_tsval
@@ -939,3 +921,12 @@ def tcp_rcv_synrecv(tp, seg, now: float) -> None:
         tcp_data_queue(tp, seg, now)
         tcp_ack_snd_check(tp, now)
     tcp_data_snd_check(tp, now)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import stream as _stream  # noqa: E402
+from . import tcp as _tcp  # noqa: E402
+from . import tcp_cong as _tcp_cong  # noqa: E402
+from . import tcp_mtu as _tcp_mtu  # noqa: E402
+from . import tcp_output as _tcp_output  # noqa: E402
+from . import tcp_recovery as _tcp_recovery  # noqa: E402

@@ -172,13 +172,11 @@ def tcp_v4_rcv(host, seg: Segment, now: float) -> None:
 
 def tcp_timewait_state_process(tp: TcpSock, seg: Segment, now: float) -> None:
     """In TIME_WAIT: re-ACK a retransmitted FIN, ignore the rest."""
-    from .tcp_output import tcp_send_ack
     if seg.flags & TCPHDR_RST:
-        from .tcp import tcp_done
-        tcp_done(tp)
+        _tcp.tcp_done(tp)
         return
     if seg.flags & TCPHDR_FIN:
-        tcp_send_ack(tp, now)
+        _tcp_output.tcp_send_ack(tp, now)
 
 
 def tcp_v4_err(host, err: IcmpError, now: float) -> None:
@@ -205,7 +203,6 @@ def tcp_v4_err(host, err: IcmpError, now: float) -> None:
 
 
 def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
-    from .tcp_recovery import tcp_simple_retransmit
     if tp.state in (TCP_LISTEN, TCP_CLOSE):
         return
     mtu = tp.host.update_pmtu(tp.daddr, tp.mtu_info, now)
@@ -216,7 +213,7 @@ def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
     if tp.pmtu_cookie > mtu:
         tcp_sync_mss(tp, mtu)
         tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="icmp", mtu=mtu)
-        tcp_simple_retransmit(tp, now)
+        _tcp_recovery.tcp_simple_retransmit(tp, now)
 
 
 def tcp_v4_send_reset(host, seg: Segment, now: float) -> None:
@@ -239,3 +236,9 @@ __all__ = [
     "tcp_v4_connect", "inet_listen", "tcp_v4_rcv", "tcp_v4_err", "tcp_v4_send_reset",
     "tcp_mtu_to_mss", "EINPROGRESS",
 ]
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import tcp as _tcp  # noqa: E402
+from . import tcp_output as _tcp_output  # noqa: E402
+from . import tcp_recovery as _tcp_recovery  # noqa: E402

@@ -117,13 +117,12 @@ def _build_probe(tp, probe_size: int, mss_now: int) -> SkBuff:
 
 
 def tcp_mtup_probe_success(tp, now: float) -> None:
-    from .tcp_input import tcp_current_ssthresh
-    tp.prior_ssthresh = tcp_current_ssthresh(tp)
+    tp.prior_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
     val = tp.snd_cwnd * tcp_mss_to_mtu(tp, tp.mss_cache) // tp.mtup_probe_size
     tp.snd_cwnd = max(1, val)
     tp.snd_cwnd_cnt = 0
     tp.snd_cwnd_stamp = jiffies(now)
-    tp.snd_ssthresh = tcp_current_ssthresh(tp)
+    tp.snd_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
     tp.mtup_search_low = tp.mtup_probe_size
     tp.mtup_probe_size = 0
     tcp_sync_mss(tp, tp.pmtu_cookie)
@@ -152,3 +151,7 @@ def tcp_mtu_probing(tp) -> None:
         tp.mtup_search_low = tcp_mss_to_mtu(tp, mss)
     tcp_sync_mss(tp, tp.pmtu_cookie)
     tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="blackhole")
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import tcp_input as _tcp_input  # noqa: E402

@@ -107,9 +107,8 @@ def tcp_xmit_size_goal(tp, mss_now: int, large_allowed: bool) -> int:
 
 def tcp_send_mss(tp, flags: int) -> tuple[int, int]:
     """Returns (mss_now, size_goal)."""
-    from .constants import MSG_OOB
     mss_now = tcp_current_mss(tp)
-    return mss_now, tcp_xmit_size_goal(tp, mss_now, not flags & MSG_OOB)
+    return mss_now, tcp_xmit_size_goal(tp, mss_now, not flags & _constants.MSG_OOB)
 
 
 def tcp_tso_autosize(tp, mss_now: int, min_tso_segs: int) -> int:
@@ -207,6 +206,11 @@ def tcp_fragment_rtx(tp, skb: SkBuff, length: int, mss_now: int) -> None:
         tcp_adjust_pcount(tp, skb, diff)
     q = tp.rtx_queue
     q.insert(q.index(skb) + 1, buff)
+    if skb in tp.tsorted:
+        # The new piece was sent when skb was: it goes right after it in transmit order.
+        order = list(tp.tsorted)
+        order.insert(order.index(skb) + 1, buff)
+        tp.tsorted = dict.fromkeys(order)
 
 
 def tcp_adjust_pcount(tp, skb: SkBuff, decr: int) -> None:
@@ -370,8 +374,7 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
     limited = [False, False]   # is_cwnd_limited, is_rwnd_limited
     tp.tcp_clock = now
     if not push_one and tp.mtup_enabled:
-        from .tcp_mtu import tcp_mtu_probe
-        result = tcp_mtu_probe(tp, now)
+        result = _tcp_mtu.tcp_mtu_probe(tp, now)
         if result > 0:
             sent_pkts = 1
         elif result == 0:
@@ -429,8 +432,7 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
         if tp.ca_state in (TCP_CA_CWR, TCP_CA_Recovery):
             tp.prr_out += sent_pkts
         if push_one != 2:
-            from .tcp_recovery import tcp_schedule_loss_probe
-            tcp_schedule_loss_probe(tp, False, now)
+            _tcp_recovery.tcp_schedule_loss_probe(tp, False, now)
         return False
     return not tp.packets_out and bool(q)
 
@@ -474,8 +476,7 @@ def tcp_cwnd_application_limited(tp, now: float) -> None:
         init_win = tp.snd_cwnd
         win_used = max(tp.snd_cwnd_used, tp.sysctl.tcp_init_cwnd)
         if win_used < init_win:
-            from .tcp_input import tcp_current_ssthresh
-            tp.snd_ssthresh = tcp_current_ssthresh(tp)
+            tp.snd_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
             tp.snd_cwnd = (init_win + win_used) >> 1
         tp.snd_cwnd_used = 0
     tp.snd_cwnd_stamp = jiffies(now)
@@ -557,9 +558,8 @@ def tcp_time_stamp(tp, now: float) -> int:
 
 
 def tcp_select_window(tp) -> int:
-    from .tcp_input import __tcp_select_window, tcp_receive_window
-    cur_win = tcp_receive_window(tp)
-    new_win = __tcp_select_window(tp)
+    cur_win = _tcp_input.tcp_receive_window(tp)
+    new_win = _tcp_input.__tcp_select_window(tp)
     # Never shrink the offered window.
     if new_win < cur_win:
         new_win = (cur_win + (1 << tp.rcv_wscale) - 1) >> tp.rcv_wscale << tp.rcv_wscale
@@ -595,6 +595,10 @@ def tcp_transmit_skb(tp, skb: SkBuff, now: float, rcv_nxt=None) -> None:
     skb.tstamp = now
     if not skb.first_tx:
         skb.first_tx = now
+    if skb.data or flags & TCPHDR_FIN:
+        # Newest transmission last: the order RACK walks (tsorted_sent_queue).
+        tp.tsorted.pop(skb, None)
+        tp.tsorted[skb] = None
     tp.tcp_wstamp = now
     if flags & TCPHDR_ACK:
         tcp_event_ack_sent(tp)
@@ -631,11 +635,10 @@ def tcp_event_data_sent(tp, now: float) -> None:
 
 def tcp_cwnd_restart(tp, now: float) -> None:
     """RFC 2861: after an idle period longer than the RTO, restart from the initial window."""
-    from .tcp_input import tcp_current_ssthresh
     delta = jiffies(now) - tp.lsndtime
     restart_cwnd = min(tp.sysctl.tcp_init_cwnd, tp.snd_cwnd)
     cwnd = tp.snd_cwnd
-    tp.snd_ssthresh = tcp_current_ssthresh(tp)
+    tp.snd_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
     delta -= tp.rto
     while delta > 0 and cwnd > restart_cwnd:
         cwnd >>= 1
@@ -950,3 +953,10 @@ def tcp_xmit_retransmit_queue(tp, now: float) -> None:
             rearm_timer = True
     if rearm_timer:
         tcp_reset_xmit_timer(tp, ICSK_TIME_RETRANS, tp.rto, now)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import constants as _constants  # noqa: E402
+from . import tcp_input as _tcp_input  # noqa: E402
+from . import tcp_mtu as _tcp_mtu  # noqa: E402
+from . import tcp_recovery as _tcp_recovery  # noqa: E402

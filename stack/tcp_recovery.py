@@ -146,6 +146,7 @@ def _sacktag_one(tp, skb, state: dict, now: float) -> None:
         skb.sacked &= ~TCPCB_LOST
         tp.lost_out -= pcount
     skb.sacked |= TCPCB_SACKED_ACKED
+    tp.tsorted.pop(skb, None)   # delivered: no loss detection needed for it any more
     tp.sacked_out += pcount
     tp.delivered += pcount
     tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
@@ -188,7 +189,9 @@ def tcp_rack_detect_loss(tp, now: float) -> int:
     longest remaining wait (us) of those not yet overdue."""
     reo_wnd = tcp_rack_reo_wnd(tp)
     reo_timeout = 0
-    for skb in sorted(tp.rtx_queue, key=lambda s: (s.tstamp, s.end_seq)):
+    lost = []
+    # tp.tsorted is in transmit order, so the walk stops at the first packet sent too late.
+    for skb in tp.tsorted:
         if skb.sacked & TCPCB_SACKED_ACKED:
             continue
         if skb.sacked & TCPCB_LOST and not skb.sacked & TCPCB_SACKED_RETRANS:
@@ -197,9 +200,13 @@ def tcp_rack_detect_loss(tp, now: float) -> int:
             break
         remaining = tp.rack_rtt_us + reo_wnd - int((now - skb.tstamp) * 1e6)
         if remaining <= 0:
-            tcp_mark_skb_lost(tp, skb)
+            lost.append(skb)
         else:
             reo_timeout = max(reo_timeout, remaining)
+    for skb in lost:
+        tcp_mark_skb_lost(tp, skb)
+        # Out of the transmit-order list until it is retransmitted (list_del_init in Linux).
+        tp.tsorted.pop(skb, None)
     return reo_timeout
 
 
@@ -361,8 +368,7 @@ def tcp_packet_delayed(tp) -> bool:
     """The ACK echoes a timestamp from before our first retransmission: it was only delayed."""
     if not tp.retrans_stamp or not tp.saw_tstamp or not tp.rcv_tsecr:
         return False
-    from .tcp_output import tcp_time_stamp
-    stamp = tcp_time_stamp(tp, tp.retrans_stamp)
+    stamp = _tcp_output.tcp_time_stamp(tp, tp.retrans_stamp)
     return ((stamp - tp.rcv_tsecr) & 0xFFFFFFFF) < 0x80000000 and stamp != tp.rcv_tsecr
 
 
@@ -425,8 +431,7 @@ def tcp_enter_recovery(tp, ece_ack: bool) -> None:
     tcp_init_undo(tp)
     if not tcp_in_cwnd_reduction(tp):
         if not ece_ack:
-            from .tcp_input import tcp_current_ssthresh
-            tp.prior_ssthresh = tcp_current_ssthresh(tp)
+            tp.prior_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
         tcp_init_cwnd_reduction(tp)
     tcp_set_ca_state(tp, TCP_CA_Recovery)
 
@@ -457,11 +462,10 @@ def tcp_timeout_mark_lost(tp, now: float) -> None:
 
 def tcp_enter_loss(tp, now: float) -> None:
     """RTO: presume lost what is unacknowledged; cwnd restarts from what is in flight + 1."""
-    from .tcp_input import tcp_current_ssthresh
     tcp_timeout_mark_lost(tp, now)
     if (tp.ca_state <= TCP_CA_Disorder or not after(tp.high_seq, tp.snd_una) or
             (tp.ca_state == TCP_CA_Loss and not tp.retransmits)):
-        tp.prior_ssthresh = tcp_current_ssthresh(tp)
+        tp.prior_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
         tp.prior_cwnd = tp.snd_cwnd
         tp.snd_ssthresh = tp.ca_ops.ssthresh(tp)
         tcp_init_undo(tp)
@@ -534,8 +538,7 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
     if (tp.ca_state < TCP_CA_CWR and tp.mtup_probe_size and
             tp.snd_una == tp.mtu_probe_seq_start):
         # The MTU probe was lost: lower search_high, keep cwnd, resend at the old size.
-        from .tcp_mtu import tcp_mtup_probe_failed
-        tcp_mtup_probe_failed(tp)
+        _tcp_mtu.tcp_mtup_probe_failed(tp)
         tp.snd_cwnd += 1
         tcp_simple_retransmit(tp, now)
         return flag, REXMIT_NONE
@@ -605,14 +608,13 @@ def tcp_schedule_loss_probe(tp, advancing_rto: bool, now: float) -> bool:
 
 def tcp_send_loss_probe(tp, now: float) -> None:
     """Send new data if any (so a lost tail shows up as a SACK hole), else the last segment."""
-    from .tcp_output import __tcp_retransmit_skb, tcp_snd_wnd_test
     if tp.tlp_high_seq:
         tcp_rearm_rto(tp, now)   # one probe per tail-loss episode
         return
     tp.tlp_retrans = False
     mss = tcp_current_mss(tp)
     head = tp.send_head()
-    if head is not None and tcp_snd_wnd_test(tp, head, mss):
+    if head is not None and _tcp_output.tcp_snd_wnd_test(tp, head, mss):
         pcount = tp.packets_out
         tcp_write_xmit(tp, mss, 1, 2, now)   # TCP_NAGLE_OFF: what Nagle held is the probe
         if tp.packets_out > pcount:
@@ -632,7 +634,7 @@ def tcp_send_loss_probe(tp, now: float) -> None:
         tcp_fragment_rtx(tp, skb, (pcount - 1) * mss, mss)
         skb = tp.rtx_queue[-1]
     # A probe, not a retransmission of lost data: it is not counted in retrans_out.
-    if __tcp_retransmit_skb(tp, skb, 1, now):
+    if _tcp_output.__tcp_retransmit_skb(tp, skb, 1, now):
         tcp_rearm_rto(tp, now)
         return
     tp.tlp_retrans = True
@@ -658,10 +660,15 @@ def tcp_simple_retransmit(tp, now: float) -> None:
     if not tp.lost_out:
         return
     if tp.ca_state != TCP_CA_Loss:
-        from .tcp_input import tcp_current_ssthresh
         tp.high_seq = tp.snd_nxt
-        tp.snd_ssthresh = tcp_current_ssthresh(tp)
+        tp.snd_ssthresh = _tcp_input.tcp_current_ssthresh(tp)
         tp.prior_ssthresh = 0
         tp.undo_marker = 0
         tcp_set_ca_state(tp, TCP_CA_Loss)
     tcp_xmit_retransmit_queue(tp, now)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import tcp_input as _tcp_input  # noqa: E402
+from . import tcp_mtu as _tcp_mtu  # noqa: E402
+from . import tcp_output as _tcp_output  # noqa: E402

@@ -37,11 +37,10 @@ def tcp_next_deadline(tp):
 
 def tcp_handle_timers(tp, now: float) -> None:
     if tp.timewait_deadline is not None and tp.timewait_deadline <= now:
-        from .tcp import tcp_done
         tp.timewait_deadline = None
         if tp.state in (TCP_TIME_WAIT, TCP_FIN_WAIT2):
             # TIME_WAIT is over, or an orphaned FIN_WAIT2 waited tcp_fin_timeout in vain.
-            tcp_done(tp)
+            _tcp.tcp_done(tp)
             return
     if tp.ack_timeout is not None and tp.ack_timeout <= now:
         tcp_delack_timer_handler(tp, now)
@@ -105,14 +104,14 @@ def retransmits_timed_out(tp, boundary: int, now: float) -> bool:
 
 
 def tcp_write_err(tp) -> None:
-    from .tcp import tcp_done
     tp.sk_err = tp.sk_err_soft or ETIMEDOUT
     tp.host.mib["TcpExtTCPAbortOnTimeout"] += 1
     tp.write_queue.clear()
     tp.rtx_queue.clear()
+    tp.tsorted.clear()
     tp.packets_out = tp.retrans_out = tp.lost_out = tp.sacked_out = 0
     tp.wmem_queued = 0
-    tcp_done(tp)
+    _tcp.tcp_done(tp)
 
 
 def tcp_write_timeout(tp, now: float) -> bool:
@@ -125,8 +124,7 @@ def tcp_write_timeout(tp, now: float) -> bool:
         expired = tp.retransmits >= max_retransmits
     else:
         if retransmits_timed_out(tp, sysctl.tcp_retries1, now):
-            from .tcp_mtu import tcp_mtu_probing
-            tcp_mtu_probing(tp)
+            _tcp_mtu.tcp_mtu_probing(tp)
         expired = retransmits_timed_out(tp, sysctl.tcp_retries2, now)
     if expired:
         tcp_write_err(tp)
@@ -165,10 +163,14 @@ def tcp_probe_timer(tp, now: float) -> None:
 def tcp_synack_timer(tp, now: float) -> None:
     """A passive child's SYN-ACK went unanswered: resend with backoff, then give up."""
     if tp.syn_retries >= tp.sysctl.tcp_synack_retries:
-        from .tcp import tcp_done
-        tcp_done(tp)
+        _tcp.tcp_done(tp)
         return
     tp.syn_retries += 1
     tcp_send_synack(tp, now)
     timeout = min(TCP_TIMEOUT_INIT << tp.syn_retries, TCP_RTO_MAX)
     tcp_reset_xmit_timer(tp, ICSK_TIME_RETRANS, timeout, now)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from . import tcp as _tcp  # noqa: E402
+from . import tcp_mtu as _tcp_mtu  # noqa: E402

@@ -78,9 +78,8 @@ class VirtualNetwork:
 
     def add_host(self, addr: str, *, name: str = "", mtu: int = 1500, sysctl: Sysctl | None = None,
                  rate_bps: float | None = None, tx_completion_delay_s: float = 0.0) -> Host:
-        from ..device import NetDevice
         host = Host(addr, name=name, sysctl=sysctl, seed=self.seed * 7919 + len(self.hosts) + 1,
-                    device=NetDevice(mtu=mtu, rate_bps=rate_bps,
+                    device=_device.NetDevice(mtu=mtu, rate_bps=rate_bps,
                                      tx_completion_delay_s=tx_completion_delay_s))
         self.hosts.append(host)
         return host
@@ -248,5 +247,8 @@ class VirtualNetwork:
 
 
 def _opts_len(seg) -> int:
-    from ..device import _opt_len
-    return _opt_len(seg)
+    return _device._opt_len(seg)
+
+
+# Imported last: these modules import this one, and are used only inside functions.
+from .. import device as _device  # noqa: E402
