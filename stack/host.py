@@ -15,7 +15,7 @@ from .constants import (
 )
 from .device import NetDevice
 from .mib import Mib
-from .packet import ip_to_packet, segment_is_sane
+from .packet import IcmpDropped, ip_to_packet, segment_is_sane
 from .segment import IcmpError, Segment
 from .sysctl import Sysctl
 from .tcp_ipv4 import tcp_v4_err, tcp_v4_rcv, tcp_v4_send_reset
@@ -95,10 +95,8 @@ class Host:
         return tp if tp is not None and tp.state == TCP_LISTEN else None
 
     def lookup_by_ports(self, saddr: str, sport: int, daddr: str, dport: int):
-        tp = self.established.get((saddr, sport, daddr, dport))
-        if tp is None:
-            tp = self.listeners.get(sport)
-        return tp
+        """The connection an ICMP error quotes: established (or SYN_RECV) sockets only."""
+        return self.established.get((saddr, sport, daddr, dport))
 
     def count_syn_recv(self, listener) -> int:
         return sum(1 for tp in self.established.values()
@@ -113,6 +111,11 @@ class Host:
                 return min(entry.mtu, self.device.mtu)
             del self.pmtu[daddr]
         return self.device.mtu
+
+    def route_locked(self, daddr: str) -> bool:
+        """True when ICMP pushed the route's MTU below min_pmtu: Linux then stops setting DF."""
+        entry = self.pmtu.get(daddr)
+        return entry is not None and entry.locked and entry.expires > self.now
 
     def dev_mtu(self, daddr: str) -> int:
         """The first hop's MTU: what the advertised MSS is computed from."""
@@ -147,6 +150,11 @@ class Host:
         self.mib["IpInReceives"] += 1
         try:
             pkt = ip_to_packet(data)
+        except IcmpDropped as drop:
+            for counter in drop.counters:
+                self.mib[counter] += 1
+            self.mib["SendlabMalformedDropped"] += 1
+            return
         except MalformedPacket:
             self.mib["IpInHdrErrors"] += 1
             self.mib["SendlabMalformedDropped"] += 1

@@ -6,8 +6,10 @@ Anything malformed raises ``MalformedPacket``; the host counts and drops it.
 from __future__ import annotations
 
 from .segment import IcmpError, Segment
-from .wire import MalformedPacket, bytes_to_ip, decode_icmp, decode_ipv4, decode_tcp, encode_ipv4, \
-    encode_tcp, ip_to_bytes, quoted_tcp_ports_seq
+from .wire import (
+    MalformedPacket, bytes_to_ip, decode_icmp, decode_ipv4, decode_tcp, encode_ipv4, encode_tcp,
+    internet_checksum, ip_to_bytes, quoted_tcp_ports_seq,
+)
 from .wire.icmp import ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED
 from .wire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP
 
@@ -22,29 +24,54 @@ def segment_to_ip(seg: Segment) -> bytes:
                        df=seg.df)
 
 
+class IcmpDropped(Exception):
+    """An ICMP message the stack must drop; ``counters`` are the nstat counters it bumps."""
+
+    def __init__(self, reason: str, counters: tuple) -> None:
+        super().__init__(reason)
+        self.counters = counters
+
+
 def ip_to_packet(data, *, verify_checksum: bool = True):
-    """Decode one IPv4 packet into a Segment or an IcmpError (None for other protocols)."""
+    """Decode one IPv4 packet into a Segment or an IcmpError (None for other protocols).
+
+    Raises MalformedPacket for a bad IP or TCP packet, IcmpDropped for a bad ICMP message
+    (which Linux counts under Icmp*, not as an IP header error).
+    """
     hdr, payload = decode_ipv4(data, verify_checksum=verify_checksum)
     if hdr.mf or hdr.frag_offset:
         raise MalformedPacket("IP fragments are not reassembled by the stack")
     if hdr.protocol == IPPROTO_TCP:
         th, body = decode_tcp(payload, hdr.src, hdr.dst, verify_checksum=verify_checksum)
-        seg = Segment(bytes_to_ip(hdr.src), bytes_to_ip(hdr.dst), th.sport, th.dport, th.seq,
-                      th.ack_seq, th.flags & 0xFF, th.window,
-                      tuple((o[0], o[1]) for o in th.options if o[0] != 0), bytes(body),
-                      hdr.ident, hdr.df, hdr.ttl, hdr.tos)
-        return seg
+        return Segment(bytes_to_ip(hdr.src), bytes_to_ip(hdr.dst), th.sport, th.dport, th.seq,
+                       th.ack_seq, th.flags & 0xFF, th.window,
+                       tuple((o[0], o[1]) for o in th.options if o[0] != 0), bytes(body),
+                       hdr.ident, hdr.df, hdr.ttl, hdr.tos)
     if hdr.protocol == IPPROTO_ICMP:
-        msg = decode_icmp(payload, verify_checksum=verify_checksum)
-        if msg.type not in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED):
-            return None
-        q = msg.quoted_ip_header
-        if q is None or q.protocol != IPPROTO_TCP:
-            return None
-        sport, dport, seq = quoted_tcp_ports_seq(msg)
-        return IcmpError(bytes_to_ip(hdr.src), bytes_to_ip(hdr.dst), msg.type, msg.code,
-                         msg.mtu or 0, bytes_to_ip(q.src), bytes_to_ip(q.dst), sport, dport, seq)
+        return _icmp_error(hdr, payload, verify_checksum)
     return None
+
+
+def _icmp_error(hdr, payload, verify_checksum: bool):
+    if verify_checksum and len(payload) >= 8 and internet_checksum(payload):
+        raise IcmpDropped("bad checksum", ("IcmpInMsgs", "IcmpInCsumErrors", "IcmpInErrors"))
+    try:
+        msg = decode_icmp(payload, verify_checksum=False)
+    except MalformedPacket as exc:
+        raise IcmpDropped(str(exc), ("IcmpInMsgs", "IcmpInErrors")) from None
+    if msg.type not in (ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED):
+        return None
+    q = msg.quoted_ip_header
+    if q is None or q.protocol != IPPROTO_TCP:
+        return None
+    try:
+        sport, dport, seq = quoted_tcp_ports_seq(msg)
+    except MalformedPacket as exc:
+        # Too short a quote to find the connection (pskb_may_pull fails in icmp_unreach).
+        extra = ("IcmpInDestUnreachs",) if msg.type == ICMP_DEST_UNREACH else ()
+        raise IcmpDropped(str(exc), ("IcmpInMsgs", *extra, "IcmpInErrors")) from None
+    return IcmpError(bytes_to_ip(hdr.src), bytes_to_ip(hdr.dst), msg.type, msg.code,
+                     msg.mtu or 0, bytes_to_ip(q.src), bytes_to_ip(q.dst), sport, dport, seq)
 
 
 def segment_is_sane(seg: Segment) -> bool:

@@ -71,7 +71,7 @@ class TcpSock:
         # MSS and MTU.
         self.mss_cache = TCP_MSS_DEFAULT
         self.advmss = TCP_MSS_DEFAULT
-        self.mss_clamp = 0xFFFF     # rx_opt.mss_clamp: the peer's MSS, or TCP_MAXSEG
+        self.mss_clamp = TCP_MSS_DEFAULT  # rx_opt.mss_clamp: the peer's MSS, or TCP_MAXSEG
         self.user_mss = 0
         self.pmtu_cookie = 0        # icsk_pmtu_cookie: the PMTU mss_cache was computed for
         self.tcp_header_len = 20

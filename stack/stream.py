@@ -41,7 +41,7 @@ def _roundup_pow_of_two(n: int) -> int:
 
 def tcp_sndbuf_expand(tp) -> None:
     """Size sndbuf for two windows of worst-case (one skb per MSS) memory."""
-    per_mss = max(tp.mss_clamp if tp.mss_clamp != 0xFFFF else 0, tp.mss_cache)
+    per_mss = max(tp.mss_clamp, tp.mss_cache)
     per_mss = _roundup_pow_of_two(per_mss + MAX_TCP_HEADER + _SKB_SHINFO) + _SKB_STRUCT
     nr_segs = max(TCP_INIT_CWND, tp.snd_cwnd, tp.reordering + 1)
     factor = tp.ca_ops.sndbuf_expand if tp.ca_ops is not None else 2

@@ -316,10 +316,9 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
             flag |= FLAG_ORIG_SACK_ACKED
         if sacked & TCPCB_SACKED_ACKED:
             tp.sacked_out -= acked_pcount
-        else:
+        elif tp.sack_ok:
             tp.delivered += acked_pcount
-            if tp.sack_ok:
-                _tcp_recovery.tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
+            _tcp_recovery.tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
         if sacked & TCPCB_LOST:
             tp.lost_out -= acked_pcount
         tp.packets_out -= acked_pcount
@@ -350,6 +349,9 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
         flag |= FLAG_SET_XMIT_TIMER
         if tp.mtup_probe_size and not after(tp.mtu_probe_seq_end, tp.snd_una):
             _tcp_mtu.tcp_mtup_probe_success(tp, now)
+        if not tp.sack_ok:
+            # Without SACK, dupacks stood in for delivered segments: the ACK takes them back.
+            _tcp_recovery.tcp_remove_reno_sacks(tp, pkts_acked)
         if tp.ca_ops is not None:
             tp.ca_ops.pkts_acked(tp, pkts_acked, ca_rtt_us, now)
     return flag, pkts_acked
@@ -390,7 +392,11 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     prior_packets = tp.packets_out
     prior_in_flight = tp.packets_in_flight()
     prior_delivered = tp.delivered
+    prior_lost = tp.lost
     flag |= tcp_ack_update_window(tp, seg, ack, seg.seq, now)
+    # An ACK that moves the connection forward clears an earlier ICMP's soft error.
+    tp.sk_err_soft = 0
+    tp.probes_out = 0
     if sack:
         flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
     if seg.payload or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
@@ -416,7 +422,7 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     if not tp.retrans_out and flag & FLAG_SND_UNA_ADVANCED and tp.ca_state == TCP_CA_Open:
         tp.retrans_stamp = 0
     delivered = tp.delivered - prior_delivered
-    tcp_cong_control(tp, ack, delivered, flag, prior_in_flight, now)
+    tcp_cong_control(tp, ack, delivered, tp.lost - prior_lost, flag, prior_in_flight, now)
     _tcp_recovery.tcp_xmit_recovery(tp, rexmit, now)
     return 1
 
@@ -449,10 +455,10 @@ def tcp_may_raise_cwnd(tp, flag: int) -> bool:
     return bool(flag & FLAG_DATA_ACKED)
 
 
-def tcp_cong_control(tp, ack: int, acked_sacked: int, flag: int, prior_in_flight: int,
-                     now: float) -> None:
+def tcp_cong_control(tp, ack: int, acked_sacked: int, newly_lost: int, flag: int,
+                     prior_in_flight: int, now: float) -> None:
     if _tcp_recovery.tcp_in_cwnd_reduction(tp):
-        _tcp_recovery.tcp_cwnd_reduction(tp, acked_sacked, 0, flag, now)
+        _tcp_recovery.tcp_cwnd_reduction(tp, acked_sacked, newly_lost, flag, now)
     elif tcp_may_raise_cwnd(tp, flag):
         tp.ca_ops.cong_avoid(tp, ack, acked_sacked, now)
     tcp_update_pacing_rate(tp)
@@ -856,7 +862,6 @@ def tcp_rcv_synsent_state_process(tp, seg, now: float) -> None:
         tp.max_window = max(tp.max_window, tp.snd_wnd)
         if not tp.wscale_ok:
             tp.rcv_wnd = min(tp.rcv_wnd, 65535)
-        _tcp_mtu.tcp_mtup_init(tp)
         tcp_sync_mss(tp, tp.pmtu_cookie or tp.host.route_mtu(tp.daddr))
         tcp_initialize_rcv_mss(tp)
         tp.snd_una = seg.ack_seq

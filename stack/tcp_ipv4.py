@@ -64,6 +64,7 @@ def tcp_connect_init(tp: TcpSock) -> None:
     tp.tstamp_ok = bool(sysctl.tcp_timestamps)
     tp.sack_ok = bool(sysctl.tcp_sack)
     tp.wscale_ok = bool(sysctl.tcp_window_scaling)
+    _tcp_mtu.tcp_mtup_init(tp)
     tcp_sync_mss(tp, mtu)
     tp.window_clamp = 0
     # A fresh connect has no cached timestamp, so the window is quantised to advmss itself.
@@ -182,6 +183,8 @@ def tcp_timewait_state_process(tp: TcpSock, seg: Segment, now: float) -> None:
 def tcp_v4_err(host, err: IcmpError, now: float) -> None:
     """An ICMP error quoting one of our segments (RFC 5927 checks before acting)."""
     host.mib["IcmpInMsgs"] += 1
+    if err.icmp_type == ICMP_DEST_UNREACH:
+        host.mib["IcmpInDestUnreachs"] += 1
     tp = host.lookup_by_ports(err.q_saddr, err.q_sport, err.q_daddr, err.q_dport)
     if tp is None or tp.state in (TCP_CLOSE, TCP_TIME_WAIT):
         host.mib["IcmpInErrors"] += 1
@@ -191,7 +194,6 @@ def tcp_v4_err(host, err: IcmpError, now: float) -> None:
         host.mib["TcpExtOutOfWindowIcmps"] += 1
         return
     if err.icmp_type == ICMP_DEST_UNREACH:
-        host.mib["IcmpInDestUnreachs"] += 1
         if err.code == ICMP_FRAG_NEEDED:
             if tp.state == TCP_LISTEN:
                 return
@@ -208,8 +210,8 @@ def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
     mtu = tp.host.update_pmtu(tp.daddr, tp.mtu_info, now)
     if mtu is None:
         return
-    if tp.mtu_info < mtu:
-        tp.sk_err_soft = 90   # EMSGSIZE
+    if tp.mtu_info < mtu and not tp.host.route_locked(tp.daddr):
+        tp.sk_err_soft = 90   # EMSGSIZE: only while DF is still set
     if tp.pmtu_cookie > mtu:
         tcp_sync_mss(tp, mtu)
         tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="icmp", mtu=mtu)
@@ -242,3 +244,4 @@ __all__ = [
 from . import tcp as _tcp  # noqa: E402
 from . import tcp_output as _tcp_output  # noqa: E402
 from . import tcp_recovery as _tcp_recovery  # noqa: E402
+from . import tcp_mtu as _tcp_mtu  # noqa: E402

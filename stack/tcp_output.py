@@ -615,7 +615,8 @@ def tcp_transmit_skb(tp, skb: SkBuff, now: float, rcv_nxt=None) -> None:
 
 
 def ip_queue_xmit(tp, seg: Segment, pcount: int, now: float) -> None:
-    # DF on every segment; a connected socket numbers its packets itself.
+    # DF unless the route's MTU is locked (min_pmtu); a connected socket numbers its packets.
+    seg.df = not tp.host.route_locked(tp.daddr)
     seg.ip_id = tp.inet_id
     tp.inet_id = (tp.inet_id + pcount) & 0xFFFF
     tp.host.mib["TcpOutSegs"] += pcount
@@ -912,7 +913,8 @@ def tcp_retransmit_skb(tp, skb: SkBuff, segs: int, now: float) -> int:
         skb.sacked |= TCPCB_SACKED_RETRANS | TCPCB_EVER_RETRANS
         tp.retrans_out += skb.pcount
         if not tp.retrans_stamp:
-            tp.retrans_stamp = skb.first_tx or now
+            # The time of this first retransmission (the skb was just stamped by the send).
+            tp.retrans_stamp = skb.tstamp
         if tp.undo_retrans < 0:
             tp.undo_retrans = 0
         tp.undo_retrans += skb.pcount

@@ -303,6 +303,16 @@ def tcp_add_reno_sack(tp, num_dupack: int) -> None:
             tp.delivered += tp.sacked_out - prior
 
 
+def tcp_remove_reno_sacks(tp, acked: int) -> None:
+    """A cumulative ACK without SACK: one segment filled the hole, the rest were dupacks."""
+    if acked > 0:
+        tp.delivered += max(acked - tp.sacked_out, 1)
+        if acked - 1 >= tp.sacked_out:
+            tp.sacked_out = 0
+        else:
+            tp.sacked_out -= acked - 1
+
+
 def tcp_reset_reno_sack(tp) -> None:
     tp.sacked_out = 0
 
@@ -339,8 +349,8 @@ def tcp_cwnd_reduction(tp, newly_acked_sacked: int, newly_lost: int, flag: int, 
 
 
 def tcp_end_cwnd_reduction(tp) -> None:
-    # Reset cwnd to ssthresh at the end of a reduction, unless it was undone.
-    if tp.snd_ssthresh < 0x7FFFFFFF and tp.ca_state in (TCP_CA_CWR, TCP_CA_Recovery):
+    # Reset cwnd to ssthresh at the end of CWR or recovery, unless the reduction was undone.
+    if tp.snd_ssthresh < 0x7FFFFFFF and (tp.ca_state == TCP_CA_CWR or tp.undo_marker):
         tp.snd_cwnd = tp.snd_ssthresh
         tp.snd_cwnd_stamp = 0
 
