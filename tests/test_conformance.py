@@ -75,17 +75,6 @@ def test_local_script_follows_shared_conventions(path):
     assert sum(line.count("`") for line in lines) == 2
 
 
-@pytest.mark.parametrize("name", sorted(STACK_BUGS))
-def test_known_stack_bug_fails_where_the_stack_departs_from_linux(name):
-    path = LOCAL / name
-    reason, blamed = STACK_BUGS[name]
-    lines = [line.strip() for line in path.read_text().splitlines()]
-    assert lines.count(blamed.strip()) == 1
-    result = run_script(path)
-    assert not result.passed, f"{name} passes now: remove it from STACK_BUGS"
-    assert result.failure.line == lines.index(blamed.strip()) + 1, result.failure.render()
-
-
 # --------------------------------------------------------------------------
 # Mutants: the runner fails, at the right line, for the right reason
 # --------------------------------------------------------------------------

@@ -69,17 +69,6 @@ def test_loss_pmtu_script_follows_conventions(path):
     assert sum(line.count("`") for line in lines) == 2
 
 
-@pytest.mark.parametrize("name", sorted(STACK_BUGS))
-def test_stack_bug_script_fails_where_the_stack_departs_from_linux(name):
-    reason, blamed = STACK_BUGS[name]
-    path = PKT / name
-    lines = path.read_text().splitlines()
-    assert lines.count(blamed) == 1, blamed
-    result = run_script(path)
-    assert not result.passed, f"{name} passes now: remove it from STACK_BUGS"
-    assert result.failure.line == lines.index(blamed) + 1, result.failure.render()
-
-
 # --------------------------------------------------------------------------
 # 2. Mutants: each script fails when it expects what Linux would not do
 # --------------------------------------------------------------------------
