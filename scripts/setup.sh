@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian/Ubuntu packages sendlab needs, in one place (mininet, openvswitch-switch come later).
-APT_PACKAGES="python3 python3-venv python3-pip iproute2 tcpdump ethtool"
+APT_PACKAGES="python3 python3-venv python3-pip iproute2 tcpdump ethtool chromium"
 VENV=.venv
 STAMP="$VENV/.sendlab-pyproject.sha256"   # hash of pyproject.toml at the last good install
 
