@@ -1,1 +1,2 @@
-"""sendlab orchestration: the CLI, conformance runs, demos; topologies and sweeps come here."""
+"""sendlab orchestration: topologies, experiments, the simulated and emulated backends,
+sweeps, reports and the ``sendlab`` command line."""

@@ -68,11 +68,6 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .demo import run_demo
-    return run_demo(args.out, seed=args.seed)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sendlab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -111,10 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.set_defaults(fn=_cmd_report)
 
-    p = sub.add_parser("demo", help="a simulated transfer with a small report")
-    p.add_argument("--out", default="results/demo", help="output folder")
-    p.add_argument("--seed", type=int, default=1)
-    p.set_defaults(fn=_cmd_demo)
     return parser
 
 
