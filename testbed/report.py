@@ -190,6 +190,43 @@ def _table(res: Results, flow: str) -> str:
     return (f"<table><tr><th>parameters</th>{head}</tr>{''.join(body)}</table>")
 
 
+def _stack_key(res: Results) -> str | None:
+    """The grid key that switches a host between the python stack and the kernel, if any."""
+    for key in res.exp.grid:
+        if key.startswith("hosts.") and key.endswith(".stack"):
+            return key
+    return None
+
+
+def _fidelity_table(res: Results, flow: str, key: str) -> str:
+    """Each metric with the python stack and with the kernel, side by side, and their ratio."""
+    groups: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for cid, cell in res.cells.items():
+        if cell["status"] != "done":
+            continue
+        stack = cell["params"].get(key)
+        label = " ".join(p for p in (cell["mode"], _label(cell["params"], {key})) if p)
+        for m in res.exp.metrics:
+            v = res.values[cid].get((flow, m))
+            if v is not None:
+                groups[label][m][stack].append(v)
+    rows = []
+    for label in sorted(groups):
+        for m in res.exp.metrics:
+            py, lx = groups[label][m].get("python"), groups[label][m].get("linux")
+            if not py or not lx:
+                continue
+            (mp, cp), (ml, cl) = mean_ci(py), mean_ci(lx)
+            ratio = f"{mp / ml:.3f}" if ml else "–"
+            rows.append(f"<tr><td>{html.escape(label)}</td><td>{html.escape(m)}</td>"
+                        f"<td>{mp:.4g} ± {cp:.2g}</td><td>{ml:.4g} ± {cl:.2g}</td>"
+                        f"<td>{ratio}</td></tr>")
+    if not rows:
+        return ""
+    return ("<table><tr><th>parameters</th><th>metric</th><th>python stack</th>"
+            "<th>Linux kernel</th><th>ratio python/linux</th></tr>" + "".join(rows) + "</table>")
+
+
 def write_report(out_dir: str) -> Path:
     out = Path(out_dir)
     res = Results(out)
@@ -211,7 +248,8 @@ def write_report(out_dir: str) -> Path:
         f"<h1>{html.escape(res.exp.name)}</h1><p>{html.escape(res.exp.description)}</p>",
         "<h2>How this was made</h2><ul>",
         *(f"<li>{html.escape(k)}: <code>{html.escape(meta.get(k, '?'))}</code></li>"
-          for k in ("command", "backend", "shaping", "machine", "kernel", "python", "cpus")),
+          for k in ("command", "backend", "shaping", "machine", "kernel", "python", "cpus",
+                    "versions")),
         f"<li>sendlab: <code>{html.escape(_version())}</code></li>",
         f"<li>cells: {sum(c['status'] == 'done' for c in res.cells.values())} done, "
         f"{len(failed)} failed</li></ul>",
@@ -219,7 +257,14 @@ def write_report(out_dir: str) -> Path:
     for title, flow, b64 in figs:
         parts.append(f"<h3>{html.escape(title)} (flow {html.escape(flow)})</h3>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+    key = _stack_key(res)
     for flow in res.flows():
+        if key:
+            fidelity = _fidelity_table(res, flow, key)
+            if fidelity:
+                parts.append(f"<h2>Flow {html.escape(flow)}: python stack against the kernel "
+                             "(the fidelity figure)</h2>")
+                parts.append(fidelity)
         parts.append(f"<h2>Flow {html.escape(flow)}: mean ± 95 % interval</h2>")
         parts.append(_table(res, flow))
     if failed:

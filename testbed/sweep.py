@@ -194,9 +194,21 @@ def _write_meta(db, exp: Experiment, path: str, out: str, jobs: int) -> None:
         "backend": exp.backend, "shaping": "sendlab link model (virtual clock)"
         if exp.backend == "sim" else "netem or the sendlab user-space shaper",
         "spec": exp.model_dump_json(),
+        "versions": _versions(),
     }
     with db:
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(meta.items()))
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    out = []
+    for dist in ("sendlab", "pydantic", "PyYAML", "dpkt", "matplotlib", "os-ken", "mininet"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            continue
+    return ", ".join(out)
 
 
 class _Progress:

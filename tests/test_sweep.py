@@ -192,3 +192,30 @@ def test_sim_refuses_the_stack_vs_linux_experiment_clearly(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "mininet" in capsys.readouterr().err
+
+
+def _fake_flow(goodput: float, segments: int) -> dict:
+    return {"name": "f", "bytes_requested": 102400, "completed": True, "stalled": False,
+            "duration_s": 1.0, "goodput_mbit": goodput, "bytes_acked": 102400,
+            "data_segments": segments, "segment_sizes": {"1448": segments}, "retransmits": 0,
+            "mss_initial": 1448, "mss_final": 1448, "stack": "python"}
+
+
+def test_report_puts_python_and_kernel_side_by_side_with_their_ratio(tmp_path):
+    from testbed.experiment import Cell, Experiment
+    from testbed.sweep import _write_meta, open_db, record
+    exp = Experiment(name="fidelity", topology="t.yaml", backend="mininet",
+                     grid={"hosts.h1.stack": ["python", "linux"]},
+                     metrics=["goodput_mbit", "segments_per_kb"])
+    db = open_db(tmp_path / "results.db")
+    _write_meta(db, exp, "exp.yaml", str(tmp_path), 1)
+    for stack, goodput, rep in (("python", 9.0, 0), ("python", 11.0, 1), ("linux", 20.0, 0),
+                                ("linux", 20.0, 1)):
+        cell = Cell(f"{stack}{rep}", "", {"hosts.h1.stack": stack}, (), rep, rep + 1)
+        record(db, exp, cell, "done", summary={"flows": [_fake_flow(goodput, 100)]})
+    db.close()
+    html = write_report(str(tmp_path)).read_text()
+    assert "the fidelity figure" in html
+    # python mean 10, kernel 20: ratio 0.5 for goodput, 1.0 for segments per KB.
+    assert "<td>goodput_mbit</td><td>10 ± 13</td><td>20 ± 0</td><td>0.500</td>" in html
+    assert "<td>segments_per_kb</td>" in html and "<td>1.000</td>" in html
