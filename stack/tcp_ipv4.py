@@ -67,6 +67,9 @@ def tcp_connect_init(tp: TcpSock) -> None:
     _tcp_mtu.tcp_mtup_init(tp)
     tcp_sync_mss(tp, mtu)
     tp.window_clamp = 0
+    if tp.userlocks_rcvbuf:
+        # SO_RCVBUF bounds the window and, through it, the window scale we offer.
+        tp.window_clamp = tcp_full_space(tp)
     # A fresh connect has no cached timestamp, so the window is quantised to advmss itself.
     tcp_select_initial_window(tp, tcp_full_space(tp), tp.advmss)
     tp.rcv_nxt = tp.rcv_wup = tp.copied_seq = 0
@@ -124,7 +127,7 @@ def tcp_conn_request(listener: TcpSock, seg: Segment, now: float) -> None:
     tcp_parse_options(child, seg, True, opt)
     mtu = host.route_mtu(child.daddr)
     child.wscale_ok = opt.get("wscale_ok", False)
-    child.window_clamp = 0
+    child.window_clamp = tcp_full_space(child) if child.userlocks_rcvbuf else 0
     child.advmss = tcp_mss_clamp(child, host.dev_mtu(child.daddr) - 40)
     apply_syn_options(child, opt)
     ts_len = 12 if child.tstamp_ok else 0
@@ -192,15 +195,21 @@ def tcp_v4_err(host, err: IcmpError, now: float) -> None:
     if tp.state != TCP_LISTEN and not between(err.q_seq, tp.snd_una, tp.snd_nxt):
         # Not about data in flight: forged or stale, ignore it.
         host.mib["TcpExtOutOfWindowIcmps"] += 1
+        if host.tracer is not None:
+            host.tracer.icmp(tp, err, now, "out_of_window")
         return
     if err.icmp_type == ICMP_DEST_UNREACH:
         if err.code == ICMP_FRAG_NEEDED:
             if tp.state == TCP_LISTEN:
                 return
+            if host.tracer is not None:
+                host.tracer.icmp(tp, err, now, "frag_needed")
             tp.mtu_info = err.mtu
             tcp_v4_mtu_reduced(tp, now)
             host.after_input(tp, now)
             return
+    if host.tracer is not None:
+        host.tracer.icmp(tp, err, now, "soft_error")
     tp.sk_err_soft = 113  # EHOSTUNREACH: remembered in case the connection times out
 
 
@@ -214,7 +223,9 @@ def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
         tp.sk_err_soft = 90   # EMSGSIZE: only while DF is still set
     if tp.pmtu_cookie > mtu:
         tcp_sync_mss(tp, mtu)
-        tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="icmp", mtu=mtu)
+        if tp.host.tracer is not None:
+            tp.host.tracer.event(tp, "mss_change", {"mss": tp.mss_cache, "why": "icmp", "mtu": mtu},
+                                 now)
         _tcp_recovery.tcp_simple_retransmit(tp, now)
 
 
