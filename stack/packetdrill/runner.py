@@ -66,6 +66,8 @@ _SYMBOLS = {
     "O_RDWR": 0o2, "O_RDONLY": 0, "O_WRONLY": 0o1, "O_NONBLOCK": 0o4000,
     "F_GETFL": 3, "F_SETFL": 4, "SHUT_RD": 0, "SHUT_WR": 1, "SHUT_RDWR": 2,
     "SOCK_STREAM": 1, "AF_INET": 2, "PF_INET": 2, "IPPROTO_IP": 0,
+    "SIOCINQ": 0x541B, "FIONREAD": 0x541B, "SIOCOUTQ": 0x5411, "TIOCOUTQ": 0x5411,
+    "SIOCOUTQNSD": 0x894B,
 }
 
 
@@ -106,8 +108,9 @@ class _Emitted:
 
 class ScriptRunner:
     def __init__(self, script: Script, *, tolerance_usecs: int = 4000,
-                 tolerance_percent: float = 12.5, seed: int = 1) -> None:
+                 tolerance_percent: float = 12.5, seed: int = 1, tracer=None) -> None:
         self.script = script
+        self.tracer = tracer           # a stack.trace.Tracer attached to the host, if any
         self.path = script.path
         self.tol_s = tolerance_usecs / 1e6
         self.tol_pct = tolerance_percent / 100.0
@@ -138,7 +141,7 @@ class ScriptRunner:
                 if isinstance(ev, ShellCommand) and ev.time is None:
                     self._shell(ev)
             self.host = Host(LOCAL_IP, name="sut", mtu=self.mtu, sysctl=self.sysctl,
-                             seed=self.seed)
+                             seed=self.seed, tracer=self.tracer)
             for ev in events:
                 if isinstance(ev, ShellCommand) and ev.time is None:
                     continue
@@ -578,6 +581,28 @@ class ScriptRunner:
     def _sys_shutdown(self, ev: Syscall):
         sock = self._sock(ev.args[0], ev.line)
         return sock.shutdown(self._sym(ev.args[1], ev.line)), None
+
+    def _sys_ioctl(self, ev: Syscall):
+        """SIOCINQ (unread bytes), SIOCOUTQ (unacked + unsent), SIOCOUTQNSD (unsent)."""
+        from ..seq import seq_sub
+        sock = self._sock(ev.args[0], ev.line)
+        request = self._sym(ev.args[1], ev.line)
+        tp = sock.tp
+        if tp.state == 10:   # TCP_LISTEN
+            return self._done(-_errno.EINVAL)
+        if request == _SYMBOLS["SIOCINQ"]:
+            value = len(tp.receive_queue)
+        elif request == _SYMBOLS["SIOCOUTQ"]:
+            value = seq_sub(tp.write_seq, tp.snd_una)
+        elif request == _SYMBOLS["SIOCOUTQNSD"]:
+            value = seq_sub(tp.write_seq, tp.snd_nxt)
+        else:
+            self._fail(ev.line, f"ioctl request {request:#x} is not supported")
+        want = ev.args[2] if len(ev.args) > 2 else None
+        if isinstance(want, IntList) and list(want.values) != [value]:
+            self._fail(ev.line, "ioctl() returned the wrong value",
+                       expected=str(list(want.values)), actual=str([value]))
+        return self._done(0)
 
     def _sys_close(self, ev: Syscall):
         fd = self._sym(ev.args[0], ev.line)
