@@ -55,10 +55,14 @@ class Segment:
         return (self.seq + n) & 0xFFFFFFFF
 
     def copy(self) -> "Segment":
-        seg = Segment.__new__(Segment)
-        for name in Segment.__slots__:
-            setattr(seg, name, getattr(self, name))
-        seg.opts_cache = None
+        seg = Segment(self.saddr, self.daddr, self.sport, self.dport, self.seq, self.ack_seq,
+                      self.flags, self.window, self.options, self.payload, self.ip_id, self.df,
+                      self.ttl, self.tos)
+        seg.gso_size = self.gso_size
+        seg.gso_segs = self.gso_segs
+        seg.skb_truesize = self.skb_truesize
+        seg.owner = self.owner
+        seg.sk = self.sk
         return seg
 
     def __repr__(self) -> str:
