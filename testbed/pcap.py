@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import dpkt
 
 from stack.wire import encode_ethernet, encode_ipv4, encode_tcp, ip_to_bytes
@@ -32,6 +34,7 @@ def write_pcap(path, capture) -> int:
     return len(capture)
 
 
+@functools.lru_cache(maxsize=None)
 def node_mac(name: str) -> bytes:
     """A stable locally administered MAC for a node name (for pcaps of the simulated network)."""
     import hashlib

@@ -82,6 +82,7 @@ class SimNetwork:
         self.addr_owner: dict[str, tuple[str, str]] = {}  # ip -> (node, iface)
         self.link_wires: dict[int, list[Wire]] = {}
         self._ports: dict = {}
+        self._hops: dict = {}
         self._build()
 
     # --- building -----------------------------------------------------------------------
@@ -155,7 +156,13 @@ class SimNetwork:
     # --- moving packets -----------------------------------------------------------------
 
     def _next_hop(self, node: str, dst: str) -> tuple[str, str] | None:
-        """(out interface, next-hop address) from the node's route table."""
+        """(out interface, next-hop address) from the node's route table (static: cached)."""
+        key = (node, dst)
+        if key not in self._hops:
+            self._hops[key] = self._lookup_route(node, dst)
+        return self._hops[key]
+
+    def _lookup_route(self, node: str, dst: str) -> tuple[str, str] | None:
         ip = IPv4Address(dst)
         best = None
         for r in self.routes.get(node, []):
