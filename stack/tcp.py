@@ -100,7 +100,8 @@ def tcp_push(tp, flags: int, mss_now: int, nonagle: int, size_goal: int, now: fl
             tp.tsq_throttled = True
         # The TX completion may already have happened: then push after all.
         if tp.wmem_alloc > skb.truesize:
-            tp.host.trace_hold(tp, "autocork", skb)
+            if tp.host.tracer is not None:
+                tp.host.tracer.hold(tp, "autocork", skb, now)
             return
     if flags & MSG_MORE:
         nonagle = TCP_NAGLE_CORK
@@ -118,7 +119,8 @@ def sk_stream_error(tp, flags: int, err: int) -> int:
 def tcp_sendmsg(tp, op: SendOp, now: float) -> SendOp:
     """Run (or resume) a sendmsg; sets ``op.result`` when it finishes, ``op.waiting`` if blocked."""
     op.waiting = ""
-    tp.host.trace_call(tp, "tcp_sendmsg", op.left, op.flags)
+    if tp.host.tracer is not None:
+        tp.host.tracer.call(tp, "tcp_sendmsg", now, size=op.left, copied=op.copied, flags=op.flags)
     if tp.state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT):
         err = sk_stream_wait_connect(tp, op)
         if err:
@@ -143,7 +145,8 @@ def tcp_sendmsg(tp, op: SendOp, now: float) -> SendOp:
             skb = SkBuff(tp.write_seq)
             tcp_skb_entail(tp, skb, now)
             copy = size_goal
-            tp.host.trace_skb(tp, "skb_new", skb)
+            if tp.host.tracer is not None:
+                tp.host.tracer.skb(tp, "skb_new", skb, now)
         copy = min(copy, total - op.offset)
         skb.data += data[op.offset:op.offset + copy]
         skb.truesize += copy
@@ -155,6 +158,8 @@ def tcp_sendmsg(tp, op: SendOp, now: float) -> SendOp:
         skb.pcount = 0
         op.copied += copy
         op.offset += copy
+        if tp.host.tracer is not None:
+            tp.host.tracer.skb(tp, "skb_append", skb, now, copy)
         if op.offset == total:
             if flags & MSG_EOR:
                 skb.eor = True
@@ -176,7 +181,8 @@ def _wait_for_space(tp, op: SendOp, mss_now: int, size_goal: int, now: float) ->
     """The send buffer is full. Returns True when the call stops here (done or blocked)."""
     tp.nospace = True
     tp.host.mib["TcpExtTCPSndbufLimited"] += 1
-    tp.host.trace_hold(tp, "sndbuf", tp.write_queue_tail())
+    if tp.host.tracer is not None:
+        tp.host.tracer.hold(tp, "sndbuf", tp.write_queue_tail(), now, "app", op.left)
     if op.copied:
         tcp_push(tp, op.flags & ~MSG_MORE, mss_now, TCP_NAGLE_PUSH, size_goal, now)
     err = sk_stream_wait_memory(tp, op)
@@ -276,7 +282,8 @@ def tcp_set_state(tp, state: int) -> None:
     tp.state = state
     if state == TCP_CLOSE and old != TCP_CLOSE:
         tp.host.unhash(tp)
-    tp.host.trace_state(tp, old, state)
+    if tp.host.tracer is not None:
+        tp.host.tracer.state(tp, old, state)
 
 
 def tcp_done(tp) -> None:
@@ -308,6 +315,8 @@ def tcp_close_state(tp) -> bool:
 
 def tcp_shutdown(tp, how: int, now: float) -> int:
     """how: 0 SHUT_RD, 1 SHUT_WR, 2 SHUT_RDWR."""
+    if tp.host.tracer is not None:
+        tp.host.tracer.call(tp, "shutdown", now, how=how)
     if tp.state in (TCP_CLOSE, TCP_LISTEN) and how != 0:
         return -ENOTCONN
     if how in (0, 2):
@@ -321,6 +330,8 @@ def tcp_shutdown(tp, how: int, now: float) -> int:
 
 
 def tcp_close(tp, now: float) -> int:
+    if tp.host.tracer is not None:
+        tp.host.tracer.call(tp, "close", now)
     tp.shutdown = RCV_SHUTDOWN | SEND_SHUTDOWN
     tp.dead = True
     if tp.state == TCP_LISTEN:
@@ -365,7 +376,8 @@ def __tcp_sock_set_nodelay(tp, on: bool, now: float) -> None:
 
 def setsockopt(tp, level: int, optname: int, value, now: float) -> int:
     """Returns 0 or -errno."""
-    tp.host.trace_call(tp, "setsockopt", optname, value)
+    if tp.host.tracer is not None:
+        tp.host.tracer.call(tp, "setsockopt", now, level=level, opt=optname, value=value)
     if level == SOL_SOCKET:
         return _sock_setsockopt(tp, optname, value)
     if level not in (SOL_TCP, IPPROTO_TCP):

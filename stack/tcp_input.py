@@ -368,6 +368,8 @@ def _tcp_tso_acked(tp, skb) -> int:
 
 def tcp_ack(tp, seg, flag: int, now: float) -> int:
     """Process the ACK field; returns >0 if it was used, 0 if old, <0 if it must be dropped."""
+    if tp.host.tracer is not None:
+        tp.host.tracer.ack(tp, seg, now)
     prior_snd_una = tp.snd_una
     ack = seg.ack_seq
     sack_state: dict = {}
@@ -895,6 +897,8 @@ def tcp_rcv_synrecv(tp, seg, now: float) -> None:
     if seg.ack_seq != tp.snd_nxt:
         tp.host.send_reset_for(seg, now)
         return
+    if tp.host.tracer is not None:
+        tp.host.tracer.ack(tp, seg, now)
     opt: dict = {}
     tcp_parse_options(tp, seg, False, opt)
     seg.opts_cache = opt

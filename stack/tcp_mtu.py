@@ -70,7 +70,8 @@ def tcp_mtu_probe(tp, now: float) -> int:
     tp.mtu_probe_seq_start = nskb.seq
     tp.mtu_probe_seq_end = nskb.end_seq
     tp.host.mib["SendlabMtuProbes"] += 1
-    tp.host.trace_event(tp, "mtu_probe", size=tp.mtup_probe_size)
+    if tp.host.tracer is not None:
+        tp.host.tracer.event(tp, "mtu_probe", {"size": tp.mtup_probe_size}, now)
     return 1
 
 
@@ -127,13 +128,17 @@ def tcp_mtup_probe_success(tp, now: float) -> None:
     tp.mtup_probe_size = 0
     tcp_sync_mss(tp, tp.pmtu_cookie)
     tp.host.mib["TcpExtTCPMTUPSuccess"] += 1
-    tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="probe_success")
+    if tp.host.tracer is not None:
+        tp.host.tracer.event(tp, "mss_change", {"mss": tp.mss_cache, "why": "probe_success",
+                                                "mtu": tp.pmtu_cookie}, now)
 
 
 def tcp_mtup_probe_failed(tp) -> None:
     tp.mtup_search_high = tp.mtup_probe_size - 1
     tp.mtup_probe_size = 0
     tp.host.mib["TcpExtTCPMTUPFail"] += 1
+    if tp.host.tracer is not None:
+        tp.host.tracer.event(tp, "mtu_probe_failed", {"search_high": tp.mtup_search_high}, None)
 
 
 def tcp_mtu_probing(tp) -> None:
@@ -150,7 +155,9 @@ def tcp_mtu_probing(tp) -> None:
         mss = max(mss, sysctl.tcp_mtu_probe_floor, sysctl.tcp_min_snd_mss)
         tp.mtup_search_low = tcp_mss_to_mtu(tp, mss)
     tcp_sync_mss(tp, tp.pmtu_cookie)
-    tp.host.trace_event(tp, "mss_change", mss=tp.mss_cache, why="blackhole")
+    if tp.host.tracer is not None:
+        tp.host.tracer.event(tp, "mss_change", {"mss": tp.mss_cache, "why": "blackhole",
+                                                "mtu": tp.mtup_search_low}, tp.tcp_clock)
 
 
 # Imported last: these modules import this one, and are used only inside functions.

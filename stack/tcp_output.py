@@ -357,7 +357,8 @@ def tcp_small_queue_check(tp, skb: SkBuff, factor: int) -> bool:
         if tcp_rtx_queue_empty_or_single_skb(tp):
             return False
         tp.tsq_throttled = True
-        tp.host.trace_hold(tp, "tsq", skb)
+        if tp.host.tracer is not None:
+            tp.host.tracer.hold(tp, "tsq", skb, tp.tcp_clock, "rtx" if factor else "write")
         return True
     return False
 
@@ -381,7 +382,7 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
             return False   # waiting for ACKs before a probe can be built
     max_segs = tcp_tso_segs(tp, mss_now)
     q = tp.write_queue
-    trace = tp.host.trace_hold
+    tracer = tp.host.tracer
     while q:
         skb = q[0]
         tso_segs = tcp_init_tso_segs(skb, mss_now)
@@ -390,7 +391,8 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
             if push_one == 2:
                 cwnd_quota = 1    # force out a loss probe
             else:
-                trace(tp, "cwnd", skb)
+                if tracer is not None:
+                    tracer.hold(tp, "cwnd", skb, now)
                 break
         cwnd_quota = min(cwnd_quota, max_segs)
         missing_bytes = cwnd_quota * mss_now - len(skb.data)
@@ -399,15 +401,18 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
         tso_segs = tcp_set_skb_tso_segs(skb, mss_now)
         if not tcp_snd_wnd_test(tp, skb, mss_now):
             limited[1] = True
-            trace(tp, "rwnd", skb)
+            if tracer is not None:
+                tracer.hold(tp, "rwnd", skb, now)
             break
         if tso_segs == 1:
             is_last = len(q) == 1
             if not tcp_nagle_test(tp, skb, mss_now, nonagle if is_last else TCP_NAGLE_PUSH):
-                trace(tp, _hold_reason(tp, nonagle), skb)
+                if tracer is not None:
+                    tracer.hold(tp, _hold_reason(tp, nonagle), skb, now)
                 break
         elif not push_one and tcp_tso_should_defer(tp, skb, max_segs, now, limited):
-            trace(tp, "tso_defer", skb)
+            if tracer is not None:
+                tracer.hold(tp, "tso_defer", skb, now)
             break
         limit = mss_now
         if tso_segs > 1 and not tp.urg_mode:
@@ -419,6 +424,8 @@ def tcp_write_xmit(tp, mss_now: int, nonagle: int, push_one: int, now: float) ->
         # An empty skb means a writer sleeps in sendmsg; never send it as a pure ACK.
         if skb.end_seq == skb.seq:
             break
+        if tracer is not None:
+            tracer.send(tp, skb, now, push_one)
         tcp_transmit_skb(tp, skb, now)
         tcp_event_new_data_sent(tp, skb, now)
         tcp_minshall_update(tp, mss_now, skb)

@@ -24,6 +24,8 @@ from .tcp_recovery import tcp_enter_loss, tcp_rack_reo_timeout, tcp_send_loss_pr
 TCP_RTO_MIN = msecs_to_jiffies(TCP_RTO_MIN_MS)
 TCP_TIMEOUT_INIT = msecs_to_jiffies(TCP_TIMEOUT_INIT_MS)
 TCP_SYN_LINEAR_TIMEOUTS = 4   # net.ipv4.tcp_syn_linear_timeouts (6.5+)
+_TIMER_NAMES = {ICSK_TIME_RETRANS: "rto", ICSK_TIME_PROBE0: "probe0",   # for the decision trace
+                ICSK_TIME_LOSS_PROBE: "loss_probe", ICSK_TIME_REO_TIMEOUT: "reo"}
 
 
 def tcp_next_deadline(tp):
@@ -53,9 +55,8 @@ def tcp_write_timer_handler(tp, now: float) -> None:
     tp.pending = 0
     tp.timeout = None
     tp.tcp_clock = now
-    tp.host.trace_event(tp, "timer", kind={ICSK_TIME_RETRANS: "rto", ICSK_TIME_PROBE0: "probe0",
-                                           ICSK_TIME_LOSS_PROBE: "loss_probe",
-                                           ICSK_TIME_REO_TIMEOUT: "reo"}.get(event, event))
+    if tp.host.tracer is not None:
+        tp.host.tracer.timer(tp, _TIMER_NAMES.get(event, str(event)), now)
     if event == ICSK_TIME_RETRANS:
         if tp.state == TCP_SYN_RECV:
             tcp_synack_timer(tp, now)
@@ -73,6 +74,8 @@ def tcp_delack_timer_handler(tp, now: float) -> None:
     tp.ack_timeout = None
     if not tp.ack_pending & ICSK_ACK_TIMER:
         return
+    if tp.host.tracer is not None:
+        tp.host.tracer.timer(tp, "delack", now)
     tp.ack_pending &= ~ICSK_ACK_TIMER
     if tp.ack_pending & ICSK_ACK_SCHED:
         if not tp.ack_pingpong:

@@ -12,6 +12,7 @@ import html
 import io
 import json
 import math
+import re
 import sqlite3
 import statistics
 from collections import defaultdict
@@ -227,6 +228,77 @@ def _fidelity_table(res: Results, flow: str, key: str) -> str:
             "<th>Linux kernel</th><th>ratio python/linux</th></tr>" + "".join(rows) + "</table>")
 
 
+def _order(value):
+    if value is None:
+        return (0, 0.0, "")
+    if isinstance(value, (bool, int, float)):
+        return (1, float(value), "")
+    return (2, 0.0, str(value))
+
+
+def _tsg_cells(res: Results, out: Path) -> list[tuple[str, str]]:
+    """(label, cell id): one representative repetition-0 cell per mode that kept its trace.
+
+    The modes are what the plots tell apart: with ``by: mode`` (the Nagle/cork/autocork
+    sweep) every combination of the non-x parameters, shown at the lowest x (no loss);
+    with ``by: <key>`` (the black hole) every bar, i.e. each (by, x) pair, shown at the
+    lowest value of the other parameters (the smallest MTU: the black hole itself).
+    """
+    db = sqlite3.connect(out / "results.db")
+    reps = dict(db.execute("SELECT cell_id, rep FROM cells"))
+    db.close()
+    plots = [p for p in res.exp.plots if p.kind != "hist"]
+    x_keys = {p.x for p in plots if p.x != "mode"}
+    by_keys = {p.by for p in plots if p.by != "mode"}
+    groups: dict = defaultdict(list)
+    for cid, cell in res.cells.items():
+        if cell["status"] != "done" or reps.get(cid) != 0:
+            continue
+        if not any((out / "cells" / cid).glob("trace_*.jsonl")):
+            continue
+        params = cell["params"]
+        keep = (x_keys | by_keys) if by_keys else set(params) - x_keys
+        shown = {k: v for k, v in params.items() if k in keep}
+        label = " ".join(p for p in (cell["mode"], _label(shown, set())) if p)
+        rest = tuple((k, _order(v)) for k, v in sorted(params.items()) if k not in keep)
+        groups[label].append((rest, cid))
+    return [(label, min(cells)[1]) for label, cells in sorted(groups.items())]
+
+
+def _tsg_section(res: Results, out: Path) -> list[str]:
+    """Time-sequence graphs (PNG and SVG files, PNG embedded) of one repetition per mode."""
+    from stack.trace import read_jsonl
+
+    from .tsg import render
+    parts = []
+    for label, cid in _tsg_cells(res, out):
+        cell_dir = out / "cells" / cid
+        held = {}
+        summary = cell_dir / "summary.json"
+        if summary.exists():
+            held = {f["name"]: f.get("held_s_by_reason") or {}
+                    for f in json.loads(summary.read_text())["flows"]}
+        for path in sorted(cell_dir.glob("trace_*.jsonl")):
+            flow = path.stem[len("trace_"):]
+            slug = re.sub(r"[^A-Za-z0-9.=-]+", "_", label)
+            png, _ = render(read_jsonl(path), out / f"tsg_{slug}_{flow}",
+                            title=f"{label}: flow {flow} (repetition 0)")
+            b64 = base64.b64encode(png.read_bytes()).decode()
+            waited = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in
+                               sorted(held.get(flow, {}).items()) if v) or "nothing held"
+            parts.append(f"<h3>{html.escape(label)} (flow {html.escape(flow)})</h3>"
+                         f"<p>Data held: {html.escape(waited)}. Cell <code>{cid}</code>.</p>"
+                         f"<img alt='time-sequence graph {html.escape(label)} {html.escape(flow)}'"
+                         f" src='data:image/png;base64,{b64}'>")
+    if parts:
+        parts.insert(0, "<h2>Time-sequence graphs: why bytes waited (one repetition per mode)"
+                        "</h2><p>Sequence number against time; green ticks: application writes "
+                        "on the write_seq line; bars: segments (red: retransmissions); step "
+                        "lines: cumulative ACK and receive window edge; shaded: data held, by "
+                        "reason.</p>")
+    return parts
+
+
 def write_report(out_dir: str) -> Path:
     out = Path(out_dir)
     res = Results(out)
@@ -257,6 +329,7 @@ def write_report(out_dir: str) -> Path:
     for title, flow, b64 in figs:
         parts.append(f"<h3>{html.escape(title)} (flow {html.escape(flow)})</h3>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+    parts += _tsg_section(res, out)
     key = _stack_key(res)
     for flow in res.flows():
         if key:

@@ -11,6 +11,8 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from stack.trace import Tracer, held_s_by_reason, write_jsonl
+
 from .pcap import write_ip_pcap
 from .sim import SimNetwork
 from .topology import Topology
@@ -64,11 +66,16 @@ class _Progress:
         return min((tp.snd_una - tp.iss - 1) & 0xFFFFFFFF, self.rec.spec.bytes_requested)
 
 
-def run_sim(topo: Topology, out_dir: str | Path, *, seed: int | None = None) -> dict:
+def run_sim(topo: Topology, out_dir: str | Path, *, seed: int | None = None,
+            trace: bool = False) -> dict:
+    """Run the topology's traffic; with ``trace``, also the decision trace of each flow."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sim = SimNetwork(topo, seed=seed)
     net = sim.net
+    if trace:
+        for host in sim.hosts.values():
+            host.tracer = Tracer()
     specs = _flow_specs(topo)
     records = [FlowRecord(spec) for spec in specs]
     progress = [_Progress(rec) for rec in records]
@@ -89,6 +96,8 @@ def run_sim(topo: Topology, out_dir: str | Path, *, seed: int | None = None) -> 
     limits = topo.run
     end = _drive(net, progress, limits.duration_s, limits.stall_timeout_s)
     summary = _summary(topo, sim, records, progress, end, seed)
+    if trace:
+        _write_traces(sim, records, summary, out, end)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     for index, wires in sim.link_wires.items():
         link = topo.links[index]
@@ -96,6 +105,22 @@ def run_sim(topo: Topology, out_dir: str | Path, *, seed: int | None = None) -> 
                         key=lambda f: f[0])
         write_ip_pcap(out / f"link{index}_{link.ends[0]}-{link.ends[1]}.pcap", frames)
     return summary
+
+
+def _write_traces(sim, records, summary: dict, out: Path, end: float) -> None:
+    """Per flow: the sender socket's events as ``trace_<flow>.jsonl``, and in summary.json
+    ``held_s_by_reason``: seconds its data waited, per reason. The rule is
+    stack.trace.held_spans: the head of the write queue waits from a hold decision until new
+    data leaves (bytes left behind keep the reason until the next decision); the application
+    waits (sndbuf) from a full send buffer until it copies again; spans still open at the end
+    of the run close there. Every reason is present, 0.0 when nothing waited for it.
+    """
+    for rec, flow in zip(records, summary["flows"]):
+        sock = rec.sock if rec.sock is not None else rec.sock_pending
+        tracer = sim.hosts[rec.spec.src].tracer
+        events = tracer.for_sock(sock.tp) if sock is not None else []
+        write_jsonl(out / f"trace_{rec.spec.name}.jsonl", events)
+        flow["held_s_by_reason"] = held_s_by_reason(events, end)
 
 
 def _ack_watcher(watched: list):
