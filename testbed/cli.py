@@ -23,10 +23,37 @@ def _cmd_run(args) -> int:
         print(f"sendlab: {err}", file=sys.stderr)
         return 2
     if args.backend != "sim":
-        print("sendlab: the mininet backend is not available yet", file=sys.stderr)
+        if args.trace:
+            print("sendlab: --trace covers the sim backend only for now; running without it",
+                  file=sys.stderr)
+        return _run_emulated(args, topo)
+    out = args.out or f"results/{topo.name}"
+    summary = run_sim(topo, out, seed=args.seed, trace=args.trace)
+    print(format_table(summary))
+    traces = ", trace_<flow>.jsonl per flow" if args.trace else ""
+    print(f"sendlab: wrote {out}/summary.json{traces} and one pcap per link")
+    return 0
+
+
+def _cmd_trace(args) -> int:
+    from .trace_cli import run
+    return run(args)
+
+
+def _run_emulated(args, topo) -> int:
+    """``--backend mininet``: namespaces, OVS routers, shaped links (testbed/emulate.py)."""
+    from .emulate import EmulationError, available, run_emulated
+    from .run import format_table
+    reason = available(topo)
+    if reason:
+        print(f"sendlab: the mininet backend cannot run here: {reason}", file=sys.stderr)
         return 2
     out = args.out or f"results/{topo.name}"
-    summary = run_sim(topo, out, seed=args.seed)
+    try:
+        summary = run_emulated(topo, out, seed=args.seed)
+    except EmulationError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 1
     print(format_table(summary))
     print(f"sendlab: wrote {out}/summary.json and one pcap per link")
     return 0
@@ -35,15 +62,38 @@ def _cmd_run(args) -> int:
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
     from .yaml_errors import ConfigError
+    if args.workers and args.jobs != 1:
+        print("sendlab: --jobs is for local sweeps; with --workers each worker's slots say "
+              "how many cells it runs at once", file=sys.stderr)
+        return 2
+    if args.cell_timeout is not None and args.cell_timeout <= 0:
+        print("sendlab: --cell-timeout must be more than 0 seconds", file=sys.stderr)
+        return 2
+    if not args.workers and (args.cell_timeout is not None or args.accept_new_host_keys):
+        print("sendlab: --cell-timeout and --accept-new-host-keys go with --workers",
+              file=sys.stderr)
+        return 2
     try:
         rc = sweep(args.experiment, args.out or _default_out(args.experiment), jobs=args.jobs,
-                   retry_failed=args.retry_failed, backend=args.backend)
+                   retry_failed=args.retry_failed, backend=args.backend, workers=args.workers,
+                   cell_timeout_s=args.cell_timeout,
+                   accept_new_host_keys=args.accept_new_host_keys)
     except ConfigError as err:
         print(f"sendlab: {err}", file=sys.stderr)
         return 2
     out = args.out or _default_out(args.experiment)
     print(f"sendlab: results in {out}/results.db; `sendlab report {out}` writes the report")
     return rc
+
+
+def _cmd_workers_check(args) -> int:
+    from .workers import check
+    from .yaml_errors import ConfigError
+    try:
+        return check(args.workers_file, accept_new=args.accept_new_host_keys)
+    except ConfigError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 2
 
 
 def _default_out(experiment: str) -> str:
@@ -86,7 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field, e.g. links.1.mtu=1400 (repeatable)")
     p.add_argument("--out", help="output folder (default results/<topology name>)")
     p.add_argument("--seed", type=int, help="override the topology's seed")
+    p.add_argument("--trace", action="store_true",
+                   help="write each flow's send-path decision trace (trace_<flow>.jsonl) and "
+                        "held_s_by_reason in summary.json")
     p.set_defaults(fn=_cmd_run)
+
+    from .trace_cli import build_parser as _trace_parser
+    p = _trace_parser(sub.add_parser("trace", help="print a decision trace as a timeline"))
+    p.set_defaults(fn=_cmd_trace)
 
     p = sub.add_parser("sweep", help="run every cell of an experiment (resumable)")
     p.add_argument("experiment", help="experiment YAML file")
@@ -94,7 +151,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="cells run at once (sim: processes)")
     p.add_argument("--out", help="results folder (default results/<experiment file name>)")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--workers", metavar="FILE",
+                   help="run the cells on the SSH workers this YAML file lists")
+    p.add_argument("--cell-timeout", type=float, metavar="S",
+                   help="with --workers: a cell with no result after S seconds is lost and "
+                        "runs again elsewhere (default 10 x the longest cell so far, >= 30 s)")
+    p.add_argument("--accept-new-host-keys", action="store_true",
+                   help="with --workers: add unknown worker host keys to known_hosts "
+                        "(changed keys are still refused)")
     p.set_defaults(fn=_cmd_sweep)
+
+    p = sub.add_parser("workers", help="SSH workers for sweeps")
+    wsub = p.add_subparsers(dest="workers_command", required=True)
+    w = wsub.add_parser("check", help="connect to every worker; print versions, kernel "
+                                      "features, root")
+    w.add_argument("workers_file", help="workers YAML file")
+    w.add_argument("--accept-new-host-keys", action="store_true",
+                   help="add unknown host keys to known_hosts (changed keys are still refused)")
+    w.set_defaults(fn=_cmd_workers_check)
 
     p = sub.add_parser("results", help="export a sweep's tidy table")
     p.add_argument("dir")
@@ -113,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="sendlab: %(message)s")
+    if not args.verbose:  # paramiko logs every broken connection; ours say what it meant
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

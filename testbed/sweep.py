@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS rows (
     metric TEXT NOT NULL, value REAL, text TEXT
 );
 CREATE INDEX IF NOT EXISTS rows_cell ON rows(cell_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    cell_id TEXT NOT NULL, worker TEXT NOT NULL, outcome TEXT NOT NULL, error TEXT,
+    wall_s REAL, at REAL NOT NULL
+);
 """
 
 
@@ -92,32 +96,80 @@ def run_cell(topo_file: str, cell: Cell, out_dir: str, backend: str) -> dict:
     if backend != "sim":
         raise RuntimeError(f"backend {backend!r} cannot run cells yet")
     from .run import run_sim
-    return run_sim(topo, out_dir, seed=cell.seed)
+    # Repetition 0 of every cell keeps its decision trace, for the report's time-sequence graphs.
+    return run_sim(topo, out_dir, seed=cell.seed, trace=cell.rep == 0)
 
 
 def sweep(path: str, out: str, *, jobs: int = 1, retry_failed: bool = False,
-          backend: str | None = None, console=None) -> int:
+          backend: str | None = None, console=None, workers: str | None = None,
+          cell_timeout_s: float | None = None, accept_new_host_keys: bool = False) -> int:
+    """Run the cells not done yet; locally (``jobs`` processes) or on the ``workers`` file's
+    machines over SSH. Returns 0 when every cell is done, 1 otherwise."""
     exp, topo_file, cells = load_cells(path, backend)
     if exp.backend == "mininet":
         raise_backend_unavailable()
+    machines = None
+    if workers is not None:
+        from .workers import load_workers
+        machines = load_workers(workers)   # validated before anything is made or started
     out_dir = Path(out)
     (out_dir / "cells").mkdir(parents=True, exist_ok=True)
     db = open_db(out_dir / "results.db")
-    _write_meta(db, exp, path, out, jobs)
+    _write_meta(db, exp, path, out, jobs, workers=workers, machines=machines)
     status = done_cells(db)
     todo = [c for c in cells if status.get(c.cell_id) != "done" and
             (retry_failed or status.get(c.cell_id) != "failed")]
     skipped = len(cells) - len(todo)
     progress = _Progress(console, len(cells), skipped, exp.name)
+    unrun: list = []
     try:
-        _run_all(db, exp, topo_file, todo, out_dir, jobs, progress)
+        if machines is None:
+            _run_all(db, exp, topo_file, todo, out_dir, jobs, progress)
+        else:
+            unrun = _run_on_workers(db, exp, topo_file, todo, out_dir, machines, progress,
+                                    cell_timeout_s, accept_new_host_keys)
         ids = [c.cell_id for c in cells]
         failed = sum(1 for cid, st in done_cells(db).items() if st == "failed" and cid in ids)
     finally:
         progress.stop()
         db.close()
-    # Failed cells (new or left from an earlier run) make the sweep's exit status non-zero.
-    return 1 if failed else 0
+    # Failed cells (new or left from an earlier run) make the sweep's exit status non-zero,
+    # and so do cells that no worker was left to run (a rerun runs them).
+    return 1 if failed or unrun else 0
+
+
+def _run_on_workers(db, exp, topo_file, todo, out_dir, machines, progress, cell_timeout_s,
+                    accept_new) -> list:
+    """Fan the cells out over SSH workers (testbed.remote); record each as it comes back."""
+    from .remote import FanOut
+
+    def on_result(cell, status, *, summary, error, wall_s, worker):
+        record(db, exp, cell, status, summary=summary, error=error, wall_s=wall_s,
+               worker=worker)
+        progress.advance(failed=status != "done")
+
+    def on_attempt(cell, worker, outcome, error, wall_s):
+        with db:
+            db.execute("INSERT INTO attempts VALUES (?,?,?,?,?,?)",
+                       (cell.cell_id, worker, outcome, error, wall_s, time.time()))
+
+    fan = FanOut(machines, Path(topo_file), exp.backend, out_dir, cell_timeout_s=cell_timeout_s,
+                 accept_new=accept_new)
+    unrun = fan.run(todo, on_result, progress, on_attempt)
+    with db:
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                       [(f"worker.{name}", json.dumps(info, sort_keys=True))
+                        for name, info in fan.hellos.items()])
+    for name, counts in fan.counts.items():
+        if counts["lost"]:
+            log.warning("worker %s lost %d running cell(s); each went back to the queue", name,
+                        counts["lost"])
+    for name, reason in fan.dispatcher.down.items():
+        log.warning("worker %s is down: %s", name, reason)
+    if unrun:
+        log.error("%d cell(s) not run: no worker left; run the sweep again to resume",
+                  len(unrun))
+    return unrun
 
 
 def raise_backend_unavailable() -> None:
@@ -185,10 +237,12 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-3:])
 
 
-def _write_meta(db, exp: Experiment, path: str, out: str, jobs: int) -> None:
+def _write_meta(db, exp: Experiment, path: str, out: str, jobs: int, *,
+                workers: str | None = None, machines=None) -> None:
+    where = f"--workers {workers}" if workers else f"--jobs {jobs}"
     meta = {
         "experiment": exp.name, "experiment_file": str(Path(path).resolve()),
-        "command": f"sendlab sweep {path} --backend {exp.backend} --jobs {jobs} --out {out}",
+        "command": f"sendlab sweep {path} --backend {exp.backend} {where} --out {out}",
         "machine": platform.node(), "kernel": platform.release(),
         "python": platform.python_version(), "cpus": str(os.cpu_count()),
         "backend": exp.backend, "shaping": "sendlab link model (virtual clock)"
@@ -212,23 +266,32 @@ def _versions() -> str:
 
 
 class _Progress:
-    """A rich progress bar: cells done, failed, and the time left."""
+    """A rich progress bar: cells done, failed, and the time left; with workers, one line
+    under it per worker (cells it finished, what it runs now, whether it is down)."""
 
     def __init__(self, console, total: int, skipped: int, name: str) -> None:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
         self.failed = 0
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                                 console=console, transient=False)
+                                 MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[left]}"),
+                                 TimeRemainingColumn(), console=console, transient=False)
         self.progress.start()
-        self.task = self.progress.add_task(name, total=total, completed=skipped, failed=0)
+        self.task = self.progress.add_task(name, total=total, completed=skipped,
+                                           note="0 failed", left="left")
+        self.workers: dict = {}
 
     def advance(self, failed: bool = False) -> None:
         if failed:
             self.failed += 1
-        self.progress.update(self.task, advance=1, failed=self.failed)
+        self.progress.update(self.task, advance=1, note=f"{self.failed} failed")
+
+    def add_worker(self, name: str, note: str = "") -> None:
+        self.workers[name] = self.progress.add_task(f"  {name}", total=None, note=note, left="")
+
+    def worker(self, name: str, completed: int, note: str) -> None:
+        self.progress.update(self.workers[name], completed=completed, note=note)
 
     def stop(self) -> None:
         self.progress.stop()
