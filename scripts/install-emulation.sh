@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what sendlab's emulated backend needs: Open vSwitch, Mininet and the network tools
+# Install what sendlab's emulated backend needs: Open vSwitch, Mininet, the network tools and
+# sshd for the workers' tests (installed with services held back, as everything here)
 # from Debian, and the os-ken controller framework into the project's venv (.venv) if there is
 # one. Idempotent: each step runs only when something is missing. Starts no system service
 # (Debian's openvswitch-switch is not started by apt here; sendlab runs a private OVS per run).
@@ -8,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-APT_PACKAGES="openvswitch-switch mininet ethtool iproute2 tcpdump bridge-utils iputils-ping"
+APT_PACKAGES="openvswitch-switch mininet ethtool iproute2 tcpdump bridge-utils iputils-ping openssh-server"
 VENV=.venv
 OSKEN_SPEC="${OSKEN_VERSION:-os-ken>=4,<5}"
 
