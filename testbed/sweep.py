@@ -70,16 +70,36 @@ def record(db: sqlite3.Connection, exp: Experiment, cell: Cell, status: str, *, 
 def tidy_rows(cell: Cell, summary: dict):
     for flow in summary["flows"]:
         for metric, value in flow_metrics(flow).items():
-            yield (cell.cell_id, "flow", flow["name"], metric, _num(value), None)
+            yield _row(cell, "flow", flow["name"], metric, value)
         for size, count in flow.get("segment_sizes", {}).items():
             yield (cell.cell_id, "segment_size", flow["name"], str(size), float(count), None)
-        yield (cell.cell_id, "flow", flow["name"], "stack", None, flow.get("stack"))
+        for metric in ("stack", "congestion"):
+            if flow.get(metric) is not None:
+                yield (cell.cell_id, "flow", flow["name"], metric, None, str(flow[metric]))
+        for reason, seconds in (flow.get("held_s_by_reason") or {}).items():
+            yield _row(cell, "held_s", flow["name"], reason, seconds)
     for name, router in summary.get("routers", {}).items():
         for metric, value in router.get("counters", {}).items():
-            yield (cell.cell_id, "router", name, metric, _num(value), None)
+            yield _row(cell, "router", name, metric, value)
     for name, link in summary.get("links", {}).items():
-        for metric, value in link.items():
-            yield (cell.cell_id, "link", name, metric, _num(value), None)
+        for metric, value in _flat(link):
+            yield _row(cell, "link", name, metric, value)
+
+
+def _flat(mapping: dict, prefix: str = ""):
+    """(dotted key, scalar) pairs of a nested summary object; lists are left out."""
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        elif not isinstance(value, (list, tuple)):
+            yield f"{prefix}{key}", value
+
+
+def _row(cell: Cell, scope: str, entity: str, metric: str, value):
+    """A tidy row: numbers in ``value``, anything else as ``text``."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return (cell.cell_id, scope, entity, metric, _num(value), None)
+    return (cell.cell_id, scope, entity, metric, None, str(value))
 
 
 def _num(value):
@@ -93,8 +113,9 @@ def _num(value):
 def run_cell(topo_file: str, cell: Cell, out_dir: str, backend: str) -> dict:
     """Run one cell (in a worker process); returns its summary."""
     topo = cell_topology(Path(topo_file), cell)
-    if backend != "sim":
-        raise RuntimeError(f"backend {backend!r} cannot run cells yet")
+    if backend == "mininet":
+        from .emulate import run_emulated
+        return run_emulated(topo, out_dir, seed=cell.seed)
     from .run import run_sim
     # Repetition 0 of every cell keeps its decision trace, for the report's time-sequence graphs.
     return run_sim(topo, out_dir, seed=cell.seed, trace=cell.rep == 0)
@@ -106,8 +127,10 @@ def sweep(path: str, out: str, *, jobs: int = 1, retry_failed: bool = False,
     """Run the cells not done yet; locally (``jobs`` processes) or on the ``workers`` file's
     machines over SSH. Returns 0 when every cell is done, 1 otherwise."""
     exp, topo_file, cells = load_cells(path, backend)
-    if exp.backend == "mininet":
-        raise_backend_unavailable()
+    if exp.backend == "mininet" and workers is None:
+        _require_emulation(exp)
+        # Emulated cells share this machine's cores and clocks: one after another.
+        jobs = 1
     machines = None
     if workers is not None:
         from .workers import load_workers
@@ -172,10 +195,13 @@ def _run_on_workers(db, exp, topo_file, todo, out_dir, machines, progress, cell_
     return unrun
 
 
-def raise_backend_unavailable() -> None:
+def _require_emulation(exp: Experiment) -> None:
+    from .emulate import available
     from .experiment import ExperimentError
-    raise ExperimentError("--backend", None, "backend",
-                          "the mininet backend is not available yet; use --backend sim")
+    reason = available()
+    if reason:
+        raise ExperimentError("--backend", None, "backend",
+                              f"the mininet backend cannot run here: {reason}")
 
 
 def _run_all(db, exp, topo_file, todo, out_dir, jobs, progress) -> int:
@@ -216,7 +242,19 @@ def _one(db, exp, cell, progress, fn) -> int:
         record(db, exp, cell, "failed", error=_describe(exc), wall_s=time.perf_counter() - t0)
         progress.advance(failed=True)
         return 1
-    record(db, exp, cell, "done", summary=summary, wall_s=time.perf_counter() - t0)
+    return _record_done(db, exp, cell, progress, summary, t0)
+
+
+def _record_done(db, exp, cell, progress, summary, t0) -> int:
+    """Store a finished cell; a summary that cannot be stored makes the cell failed, not the
+    sweep."""
+    try:
+        record(db, exp, cell, "done", summary=summary, wall_s=time.perf_counter() - t0)
+    except Exception as exc:  # noqa: BLE001 - recorded with the cell
+        record(db, exp, cell, "failed", error=f"storing the result: {_describe(exc)}",
+               wall_s=time.perf_counter() - t0)
+        progress.advance(failed=True)
+        return 1
     progress.advance()
     return 0
 
@@ -227,9 +265,7 @@ def _store(db, exp, cell, progress, fut, t0) -> int:
         record(db, exp, cell, "failed", error=_describe(exc), wall_s=time.perf_counter() - t0)
         progress.advance(failed=True)
         return 1
-    record(db, exp, cell, "done", summary=fut.result(), wall_s=time.perf_counter() - t0)
-    progress.advance()
-    return 0
+    return _record_done(db, exp, cell, progress, fut.result(), t0)
 
 
 def _describe(exc: BaseException) -> str:
