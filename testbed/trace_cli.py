@@ -12,6 +12,9 @@ then what happened, e.g.::
 
 Filters: ``--kind hold,xmit`` (repeatable), ``--reason nagle``, ``--from-ms``/``--to-ms``
 (inclusive), ``--sock N``. ``--spans`` prints the held spans and the seconds per reason instead.
+
+A timeline built from the wire (testbed.wire_trace, for kernel hosts) reads the same way, with
+cwnd and in-flight shown as ``?`` and every hold's reason ``unknown``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stack.trace import KINDS, REASONS, TraceFormatError, held_spans, held_s_by_reason, read_jsonl
+from stack.trace import KINDS, REASONS, TraceFormatError, read_jsonl
+
+from .wire_trace import UNKNOWN, held_by_reason, spans_of
 
 
 def describe(ev: dict) -> str:
@@ -57,6 +62,10 @@ def describe(ev: dict) -> str:
         if reason == "sndbuf":
             return (f"sndbuf: {g('pending')} B of the call wait, {g('wmem_queued')} B queued "
                     f"of sndbuf {g('sndbuf')}")
+        if reason == UNKNOWN:       # a wire-built timeline: the wait is seen, not its reason
+            until = g("until")
+            left = "never left" if until is None else f"left at {until * 1000:.3f} ms"
+            return f"unknown: {what} waited (written, {left})"
         return f"{reason}: {what} waits"
     if kind == "send":
         return (f"send {g('seq')}:{g('seq', 0) + g('len', 0)} ({g('len')} B, {g('segs')} seg)"
@@ -86,8 +95,10 @@ def describe(ev: dict) -> str:
 def format_event(ev: dict, with_conn: bool = False) -> str:
     head = f"{ev['t'] * 1000:10.3f}  {ev['kind']:<10}"
     if "snd_una" in ev:
+        # cwnd and in_flight are null (unknown) in a timeline built from the wire
+        cwnd, infl = ("?" if ev[k] is None else ev[k] for k in ("cwnd", "in_flight"))
         head += (f" una {ev['snd_una']:<7} nxt {ev['snd_nxt']:<7} wseq {ev['write_seq']:<7}"
-                 f" cwnd {ev['cwnd']:<3} infl {ev['in_flight']:<3}")
+                 f" cwnd {cwnd:<3} infl {infl:<3}")
     if with_conn and ev.get("conn"):
         head += f" [{ev['conn']}]"
     return f"{head} {describe(ev)}"
@@ -121,7 +132,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--kind", action="append", metavar="KIND[,KIND]",
                    help=f"only these kinds ({', '.join(KINDS)})")
     p.add_argument("--reason", action="append", metavar="REASON[,REASON]",
-                   help=f"only hold events for these reasons ({', '.join(REASONS)})")
+                   help=f"only hold events for these reasons ({', '.join(REASONS)}; "
+                        f"{UNKNOWN} in a timeline built from the wire)")
     p.add_argument("--from-ms", type=float, help="only events at or after this time (ms)")
     p.add_argument("--to-ms", type=float, help="only events at or before this time (ms)")
     p.add_argument("--sock", type=int, help="only this socket's events (the 'sock' field)")
@@ -141,7 +153,7 @@ def run(args, out=None) -> int:
         print(f"sendlab: {exc}", file=sys.stderr)
         return 2
     kinds, reasons = _split(args.kind), _split(args.reason)
-    unknown = (kinds - set(KINDS)) | (reasons - set(REASONS))
+    unknown = (kinds - set(KINDS)) | (reasons - set(REASONS) - {UNKNOWN})
     if unknown:
         print(f"sendlab: unknown kind or reason: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
@@ -166,7 +178,7 @@ def _print_spans(events, args, reasons, out) -> int:
         mine = [ev for ev in events if ev.get("sock") == sock]
         conn = next((ev["conn"] for ev in reversed(mine) if ev.get("conn")), "?")
         print(f"socket {sock} {conn}", file=out)
-        for span in held_spans(mine):
+        for span in spans_of(mine):
             if reasons and span["reason"] not in reasons:
                 continue
             if args.from_ms is not None and span["end"] * 1000 < args.from_ms:
@@ -177,7 +189,7 @@ def _print_spans(events, args, reasons, out) -> int:
                   f"{(span['end'] - span['start']) * 1000:9.3f} ms  {span['reason']:<9} "
                   f"from {span['seq']} (written up to {span['upto']}), "
                   f"released by {span['released_by']}", file=out)
-        held = {k: v for k, v in held_s_by_reason(mine).items() if v}
+        held = {k: v for k, v in held_by_reason(mine).items() if v}
         total = ", ".join(f"{k} {v:.6f} s" for k, v in held.items()) or "nothing held"
         print(f"  held: {total}", file=out)
     return 0

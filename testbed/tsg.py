@@ -6,7 +6,8 @@ Sequence number (bytes, relative to the ISS) against time (ms):
 - segments handed to IP as vertical bars over the bytes they carry (retransmissions in red);
 - the cumulative ACK as a step line, and the receive window's right edge as another;
 - shaded boxes where data waited, coloured by reason (stack.trace.held_spans): from the first
-  waiting byte up to the highest write_seq while it waited;
+  waiting byte up to the highest write_seq while it waited; in a timeline built from the wire
+  (testbed.wire_trace) the reason is unknown and the boxes grey, one per write's waiting bytes;
 - timers that fired (RTO, probe0, loss probe), ICMP errors and MSS changes as marks.
 
 ``render(events, base)`` writes ``base.png`` and ``base.svg``.
@@ -24,12 +25,14 @@ from matplotlib.collections import LineCollection, PatchCollection  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from stack.trace import REASONS, held_spans, read_jsonl  # noqa: E402
+from stack.trace import REASONS, read_jsonl  # noqa: E402
+
+from .wire_trace import UNKNOWN, spans_of  # noqa: E402
 
 REASON_COLOURS = {
     "nagle": "#1f77b4", "cork": "#9467bd", "msg_more": "#e377c2", "autocork": "#ff7f0e",
     "cwnd": "#d62728", "rwnd": "#8c564b", "tsq": "#bcbd22", "tso_defer": "#17becf",
-    "sndbuf": "#7f7f7f",
+    "sndbuf": "#7f7f7f", UNKNOWN: "#b0b0b0",
 }
 _SEG_COLOUR = "#000000"
 _RETRANS_COLOUR = "#d62728"
@@ -79,9 +82,9 @@ def figure(events, title: str = ""):
         return fig
 
     # Held spans first, so everything else draws on top.
-    spans = held_spans(events)
+    spans = spans_of(events)
     used = []
-    for reason in REASONS:
+    for reason in REASONS + (UNKNOWN,):
         mine = [s for s in spans if s["reason"] == reason]
         if not mine:
             continue
@@ -98,6 +101,9 @@ def figure(events, title: str = ""):
         ax.step([t for t, _ in ws], [w for _, w in ws], where="post", color=_WRITE_COLOUR,
                 linewidth=0.6, alpha=0.6, zorder=2)
     writes = [ev for ev in events if ev["kind"] == "skb_append"]
+    if not writes:    # a timeline built from the wire: the writes as the application saw them
+        writes = [dict(ev, added=ev["size"]) for ev in events
+                  if ev["kind"] == "call" and "end" in ev and ev.get("size")]
     if writes:
         ax.add_collection(LineCollection(
             [[(ev["t"] * ms, ev["end"] - ev["added"]), (ev["t"] * ms, ev["end"])] for ev in writes],
