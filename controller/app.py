@@ -763,7 +763,10 @@ if _fw is not None:
                               port.name, exc)
 
         def _ip_in(self, state: RouterState, port: PortSpec, packet: bytes) -> None:
-            for action in state.router.decide(packet, port.name, time.monotonic()):
+            before = dict(state.router.counters)
+            actions = state.router.decide(packet, port.name, time.monotonic())
+            _log_decision(state, port, packet, actions, before)
+            for action in actions:
                 if isinstance(action, Forward):
                     self._send_ip(state, action)
                 elif isinstance(action, Drop):
@@ -826,6 +829,51 @@ if _fw is not None:
                 dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
                 actions=[parser.OFPActionOutput(port.ofport)], data=frame))
             state.counters["packet_out"] += 1
+
+
+def _log_decision(state, port, packet: bytes, actions: list, before: dict) -> None:
+    """One INFO line per decision about an oversized or TTL-expiring packet (the run's
+    controller.log): frag-needed sent, black-hole drop, fragmented, rate-limited."""
+    after = state.router.counters
+    diff = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    keys = ("icmp_frag_needed_sent", "icmp_frag_needed_suppressed", "fragmented",
+            "icmp_ratelimited", "ttl_expired", "dropped_oversize")
+    if not any(k in diff for k in keys):
+        return
+    p = bytes(packet)
+    if len(p) < 20:
+        return
+    src = ".".join(map(str, p[12:16]))
+    dst = ".".join(map(str, p[16:20]))
+    what = (f"{src} > {dst} proto {p[9]} len {int.from_bytes(p[2:4], 'big')} "
+            f"ttl {p[8]} id {int.from_bytes(p[4:6], 'big')} in {port.name}")
+    name = state.spec.name
+    if "icmp_frag_needed_sent" in diff:
+        icmp = next((a.packet for a in actions if getattr(a, "originated", False)), b"")
+        mtu = None
+        if len(icmp) >= 28:
+            ihl = (icmp[0] & 0x0F) * 4
+            mtu = int.from_bytes(icmp[ihl + 6:ihl + 8], "big")
+        log.info("%s: frag-needed sent to %s, mtu %s, quoting %s", name, src, mtu, what)
+    elif "icmp_frag_needed_suppressed" in diff:
+        log.info("%s: black-hole drop (frag-needed suppressed), oversized %s", name, what)
+    elif "icmp_ratelimited" in diff and "dropped_oversize" in diff:
+        log.info("%s: oversized drop, frag-needed rate-limited, %s", name, what)
+    elif "fragmented" in diff:
+        n = diff.get("fragments_sent", 0)
+        log.info("%s: fragmented into %d, %s", name, n, what)
+    elif "ttl_expired" in diff:
+        if "icmp_time_exceeded_sent" in diff:
+            how = "time exceeded sent"
+        elif "icmp_ratelimited" in diff:
+            how = "time exceeded rate-limited"
+        elif "icmp_time_exceeded_suppressed" in diff:
+            how = "time exceeded suppressed"
+        else:
+            how = "no ICMP allowed"
+        log.info("%s: TTL expired, %s, %s", name, how, what)
+    elif "dropped_oversize" in diff:
+        log.info("%s: oversized drop, no ICMP allowed, %s", name, what)
 
 
 __all__ = ["ConfigError", "ControllerConfig", "FibEntry", "Flow", "PortSpec", "RouterSpec",

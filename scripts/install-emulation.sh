@@ -58,7 +58,26 @@ else
     say "no venv at $VENV (run scripts/setup.sh first); skipped os-ken"
 fi
 
-# 3. Report what the controller and tests will find.
+# 3. ryu 4.34 in a venv of its own (.venv-ryu), for the test that runs the controller on ryu
+#    (SENDLAB_CONTROLLER_PYTHON=.venv-ryu/bin/python). ryu 4.34 builds only with an old
+#    setuptools and without build isolation, and needs eventlet 0.33.3 (INFRA-NOTES).
+#    SKIP_RYU=1 skips it.
+RYU_VENV=.venv-ryu
+if [ "${SKIP_RYU:-0}" = 1 ]; then
+    say "SKIP_RYU=1: skipped ryu"
+elif [ -x "$RYU_VENV/bin/python" ] && "$RYU_VENV/bin/python" -c 'import ryu, eventlet, dns' \
+        >/dev/null 2>&1; then
+    say "ryu present in $RYU_VENV ($("$RYU_VENV/bin/python" -c \
+        'import ryu; print(ryu.version if hasattr(ryu, "version") else "?")'))"
+else
+    say "installing ryu 4.34 into $RYU_VENV"
+    [ -x "$RYU_VENV/bin/python" ] || /usr/bin/python3 -m venv "$RYU_VENV"
+    "$RYU_VENV/bin/python" -m pip install -q "setuptools==67.6.1" wheel pbr
+    "$RYU_VENV/bin/python" -m pip install -q --no-build-isolation "ryu==4.34"
+    "$RYU_VENV/bin/python" -m pip install -q "eventlet==0.33.3" "dnspython>=2"
+fi
+
+# 4. Report what the controller and tests will find.
 for tool in ovs-vsctl ovs-ofctl ovsdb-tool ovs-vswitchd ovsdb-server mnexec ethtool tcpdump brctl; do
     if command -v "$tool" >/dev/null 2>&1; then
         :

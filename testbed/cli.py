@@ -59,6 +59,12 @@ def _run_emulated(args, topo) -> int:
     return 0
 
 
+def _cmd_clean(args) -> int:
+    """Remove what killed ``--backend mininet`` runs left, by their records only."""
+    from .emulate import clean
+    return clean(args.records or None, prefix=args.prefix, force=args.force)
+
+
 def _cmd_sweep(args) -> int:
     from .sweep import sweep
     from .yaml_errors import ConfigError
@@ -140,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write each flow's send-path decision trace (trace_<flow>.jsonl) and "
                         "held_s_by_reason in summary.json")
     p.set_defaults(fn=_cmd_run)
+
+    p = sub.add_parser("clean", help="remove the leftovers of killed emulated runs (by their "
+                                     "records: namespaces, processes, OVS instances)")
+    p.add_argument("records", nargs="*", help="record files (default: every stale record "
+                                               "under the temporary directory)")
+    p.add_argument("--prefix", help="only the run with this prefix (e.g. sl1a2b)")
+    p.add_argument("--force", action="store_true",
+                   help="also records whose run still seems to be running")
+    p.set_defaults(fn=_cmd_clean)
 
     from .trace_cli import build_parser as _trace_parser
     p = _trace_parser(sub.add_parser("trace", help="print a decision trace as a timeline"))

@@ -29,7 +29,7 @@ pieces, per run:
   ``summary.json`` says per link direction which mechanism shaped it (``shaping``).
 
 The run writes ``DIR/summary.json`` (the sim's fields, ``backend: "mininet"``),
-``DIR/link<N>_<a>-<b>.pcap`` per link, ``DIR/controller.log`` and ``DIR/logs/``. Teardown
+``DIR/pcaps/link<N>_<a>-<b>.pcap`` per link, ``DIR/controller.log`` and ``DIR/logs/``. Teardown
 stops exactly what the run started (by PID, by control socket, by the names it recorded),
 on success, error, SIGTERM and Ctrl-C; a record under the temporary directory lets
 ``python -m testbed.emulate clean`` remove what a killed run left.
@@ -72,7 +72,8 @@ READY_TIMEOUT_S = 30.0
 RECEIVER_GRACE_S = 1.0      # after every sender is done, how long receivers get to see EOF
 
 __all__ = ["EmulationError", "EmuOptions", "EmulatedNetwork", "available", "run_emulated",
-           "direction_params", "link_is_shaped", "netem_available", "cleanup_record", "main"]
+           "direction_params", "link_is_shaped", "netem_available", "cleanup_record", "clean",
+           "main"]
 
 
 class EmulationError(RuntimeError):
@@ -329,6 +330,7 @@ class EmulatedNetwork:
             raise EmulationError(f"the emulated backend cannot run here: {reason}")
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
+        (self.out / "pcaps").mkdir(exist_ok=True)
         self.run = netns_mod.NetnsRun()
         prefix = self.run.prefix
         self.workdir = tempfile.mkdtemp(prefix=f"sendlab-emu-{prefix}-")
@@ -370,7 +372,8 @@ class EmulatedNetwork:
                "ovs": ({"workdir": self.ovs.workdir, "rundir": self.ovs.rundir,
                         "pids": self.ovs.pids} if self.ovs else None),
                "controller_pid": self.controller.pid if self.controller else None,
-               "pids": self.run.pids if self.run else []}
+               "pids": self.run.pids if self.run else [],
+               "owner": {"pid": os.getpid(), "start": _start_time(os.getpid())}}
         tmp = self.record_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(rec, f)
@@ -408,7 +411,7 @@ class EmulatedNetwork:
         mtu_a, mtu_b = self.topo.shape(i, a).mtu, self.topo.shape(i, b).mtu
         shaped = link_is_shaped(self.topo, i)
         shaping = self.mechanism if shaped else "none"
-        pcap = str(self.out / f"link{i}_{a}-{b}.pcap")
+        pcap = str(self.out / "pcaps" / f"link{i}_{a}-{b}.pcap")
         lb = _LinkBuild(i, a, b, if_a, if_b, ns_a, ns_b, shaping, pcap)
         if shaping == "shaper":
             mid = self.run.add_namespace(f"_l{i}")
@@ -1053,8 +1056,75 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def cleanup_record(path: str) -> None:
-    """Remove what a killed run left: its processes, OVS daemons, namespaces (by its record)."""
+def _start_time(pid: int) -> int | None:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22): with the
+    PID it names one process, not whoever reuses the PID later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _owner_alive(owner: dict | None) -> bool:
+    if not owner or not owner.get("pid"):
+        return False
+    return ovs_mod._alive(owner["pid"]) and _start_time(owner["pid"]) == owner.get("start")
+
+
+def _ns_inode(name: str):
+    with contextlib.suppress(OSError):
+        st = os.stat(os.path.join(netns_mod.NETNS_DIR, name))
+        return st.st_dev, st.st_ino
+    return None
+
+
+def _pids_in(namespaces: list[str], pids: list[int]) -> list[int]:
+    """Of ``pids``, those still running inside one of ``namespaces`` (a reused PID is not)."""
+    inodes = {i for i in (_ns_inode(n) for n in namespaces) if i}
+    out = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            st = os.stat(f"/proc/{pid}/ns/net")
+            if (st.st_dev, st.st_ino) in inodes and ovs_mod._alive(pid):
+                out.append(pid)
+    return out
+
+
+def _clean_netns_record(path: str, say) -> None:
+    """A testbed.netns record: its PIDs (only inside its namespaces; SIGTERM, then SIGKILL),
+    its links and namespaces, by the names it lists."""
+    with open(path) as f:
+        rec = json.load(f)
+    names = rec.get("namespaces", [])
+    live = _pids_in(names, rec.get("pids", []))
+    stopped = list(live)
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 2.0
+    while live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        live = [p for p in live if ovs_mod._alive(p)]
+    for pid in _pids_in(names, live):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    existing = [n for n in names if os.path.exists(os.path.join(netns_mod.NETNS_DIR, n))]
+    netns_mod.cleanup_record(path, grace_s=0)
+    left = [n for n in existing if os.path.exists(os.path.join(netns_mod.NETNS_DIR, n))]
+    if stopped:
+        say(f"  stopped processes {stopped}")
+    if existing:
+        say(f"  deleted namespaces {[n for n in existing if n not in left]}")
+    if left:
+        say(f"  namespaces still present: {left}")
+    say(f"  removed {path}")
+
+
+def cleanup_record(path: str, say=print) -> None:
+    """Remove what a killed run left, by its record: the OVS daemons (through their own
+    control sockets, then their PIDs if they still run OVS), the processes it started (only
+    while inside its namespaces), its links and namespaces, its work directory, the record."""
     with open(path) as f:
         rec = json.load(f)
     ovs = rec.get("ovs") or {}
@@ -1067,12 +1137,85 @@ def cleanup_record(path: str) -> None:
                                              + ":/usr/sbin:/sbin"})
             if not ovs_mod._wait_gone(pid, 5):
                 ovs_mod._signal_own(pid, signal.SIGKILL, daemon)
+                ovs_mod._wait_gone(pid, 2)
+            say(f"  stopped {daemon} (pid {pid})")
     if rec.get("netns_record") and os.path.exists(rec["netns_record"]):
-        netns_mod.cleanup_record(rec["netns_record"])
-    for d in (rec.get("workdir"),):
-        if d:
-            shutil.rmtree(d, ignore_errors=True)
+        _clean_netns_record(rec["netns_record"], say)
+    d = rec.get("workdir")
+    if d and os.path.isdir(d):
+        shutil.rmtree(d, ignore_errors=True)
+        say(f"  removed {d}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path + ".tmp")
     os.unlink(path)
+    say(f"  removed {path}")
+
+
+STALE_NETNS_RECORD_S = 600.0
+
+
+def clean(paths: list[str] | None = None, *, prefix: str | None = None, force: bool = False,
+          say=print) -> int:
+    """``sendlab clean``: remove the leftovers of killed runs, by their records only.
+
+    Without ``paths``: every emulated-run record (``sendlab-emu-sl*.json``) whose run's
+    process is gone, and every ``testbed.netns`` record (``sendlab-netns-sl*.json``) no such
+    run names that has not changed for 10 minutes and whose processes are gone (those
+    records say nothing of their owner: a younger one may belong to a running test).
+    ``prefix`` limits it to one run; ``force`` cleans records of runs that look alive too.
+    Returns 0, or 1 if a record could not be cleaned."""
+    tmp = tempfile.gettempdir()
+    if paths:
+        emu = [p for p in paths if os.path.basename(p).startswith("sendlab-emu-")]
+        nsr = [p for p in paths if p not in emu]
+    else:
+        pat = prefix or "sl*"
+        emu = sorted(glob.glob(os.path.join(tmp, f"sendlab-emu-{pat}.json")))
+        nsr = sorted(glob.glob(os.path.join(tmp, f"sendlab-netns-{pat}.json")))
+    rc, named = 0, set()
+    for path in emu:
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, ValueError) as exc:
+            say(f"sendlab: skipped {path}: {exc}")
+            continue
+        if rec.get("netns_record"):
+            named.add(rec["netns_record"])
+        if not force and not paths and _owner_alive(rec.get("owner")):
+            say(f"sendlab: skipped {path}: its run (pid {rec['owner']['pid']}) is still running")
+            continue
+        if not force and not paths and not rec.get("owner") and \
+                time.time() - os.path.getmtime(path) < STALE_NETNS_RECORD_S:
+            say(f"sendlab: skipped {path}: no owner recorded and younger than "
+                f"{STALE_NETNS_RECORD_S:.0f} s (pass its path to clean it)")
+            continue
+        say(f"sendlab: cleaning up after {path}")
+        try:
+            cleanup_record(path, say)
+        except Exception as exc:   # keep going with the other records
+            say(f"sendlab: {path}: {type(exc).__name__}: {exc}")
+            rc = 1
+    for path in nsr:
+        if path in named or not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+            if not force and not paths:
+                live = _pids_in(rec.get("namespaces", []), rec.get("pids", []))
+                if live or time.time() - os.path.getmtime(path) < STALE_NETNS_RECORD_S:
+                    say(f"sendlab: skipped {path}: may belong to a running test "
+                        f"(pass its path or --force to clean it)")
+                    continue
+            say(f"sendlab: cleaning up after {path}")
+            _clean_netns_record(path, say)
+        except Exception as exc:
+            say(f"sendlab: {path}: {type(exc).__name__}: {exc}")
+            rc = 1
+    if not emu and not nsr:
+        say("sendlab: nothing to clean")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1081,12 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] != "clean":
         print("usage: python -m testbed.emulate clean [RECORD.json ...]", file=sys.stderr)
         return 2
-    paths = args[1:] or sorted(glob.glob(os.path.join(tempfile.gettempdir(),
-                                                      "sendlab-emu-sl*.json")))
-    for path in paths:
-        print(f"sendlab: cleaning up after {path}")
-        cleanup_record(path)
-    return 0
+    return clean(args[1:] or None)
 
 
 if __name__ == "__main__":

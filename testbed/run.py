@@ -99,11 +99,12 @@ def run_sim(topo: Topology, out_dir: str | Path, *, seed: int | None = None,
     if trace:
         _write_traces(sim, records, summary, out, end)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / "pcaps").mkdir(exist_ok=True)
     for index, wires in sim.link_wires.items():
         link = topo.links[index]
         frames = sorted(((t, pkt, w.src, w.dst) for w in wires for t, pkt, _ in w.capture),
                         key=lambda f: f[0])
-        write_ip_pcap(out / f"link{index}_{link.ends[0]}-{link.ends[1]}.pcap", frames)
+        write_ip_pcap(out / "pcaps" / f"link{index}_{link.ends[0]}-{link.ends[1]}.pcap", frames)
     return summary
 
 

@@ -226,7 +226,7 @@ def test_two_hosts_runs_with_the_sims_summary_fields(tmp_path):
     # Nagle coalesces the 100-byte writes as in the sim: far fewer segments than writes.
     assert 10 < flow["data_segments"] < 60
     assert flow["write_latency_ms"]["p50"] > 10    # an RTT of 10 ms at least
-    assert (tmp_path / "emu" / "link0_h1-h2.pcap").stat().st_size > 24
+    assert (tmp_path / "emu" / "pcaps" / "link0_h1-h2.pcap").stat().st_size > 24
 
 
 @emulation
@@ -369,3 +369,280 @@ def test_dumbbell_switches_and_routers_carry_both_flows(tmp_path):
     link = summary["links"]["link1:h2>s1"]
     assert link["offered"] < 60
     assert summary["links"]["link3:r1>r2"]["offered"] > 200
+
+
+def _prefix_leftovers(prefix: str) -> dict:
+    """What of run ``prefix`` exists: namespaces, record files, processes inside them."""
+    import glob
+    import tempfile
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    spaces = [ln.split()[0] for ln in listed.splitlines() if ln.startswith(f"{prefix}-")]
+    records = glob.glob(os.path.join(tempfile.gettempdir(), f"sendlab-*-{prefix}.json"))
+    workdirs = glob.glob(os.path.join(tempfile.gettempdir(), f"sendlab-emu-{prefix}-*"))
+    return {"namespaces": spaces, "records": records, "workdirs": workdirs}
+
+
+@emulation
+@pytest.mark.parametrize("name, wait_s", [("two_hosts", 0.3), ("pmtu_blackhole", 2.0)])
+def test_sendlab_clean_removes_a_sigkilled_run(tmp_path, name, wait_s):
+    """SIGKILL a `sendlab run --backend mininet` once its namespaces exist; `sendlab clean`
+    removes every namespace, process, OVS daemon and record of its prefix."""
+    before = _records()
+    cmd = [sys.executable, "-m", "testbed.cli", "run", str(TOPOLOGIES / f"{name}.yaml"),
+           "--backend", "mininet", "--out", str(tmp_path), "--set", "run.duration_s=30",
+           "--set", "traffic.0.writes.count=20000" if name == "two_hosts" else
+           "run.stall_timeout_s=20"]
+    p = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        mine = _records() - before
+        if mine:
+            (record,) = mine
+            prefix = Path(record).stem.rsplit("-", 1)[1]
+            if _prefix_leftovers(prefix)["namespaces"]:
+                break
+        assert p.poll() is None and time.monotonic() < deadline, p.stdout.read()
+        time.sleep(0.02)
+    time.sleep(wait_s)
+    with open(record) as f:
+        rec = json.load(f)
+    p.kill()
+    p.wait(10)
+    p.stdout.close()
+    left = _prefix_leftovers(prefix)
+    assert left["namespaces"] and record in left["records"], left
+    with open(record) as f:
+        rec = json.load(f)
+    pids = [*rec["pids"], *((rec["ovs"] or {}).get("pids") or {}).values()]
+    if name == "pmtu_blackhole":
+        assert rec["ovs"] and rec["ovs"]["pids"], rec
+    res = subprocess.run([sys.executable, "-m", "testbed.cli", "clean", "--prefix", prefix],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "deleted namespaces" in res.stdout and record in res.stdout
+    left = _prefix_leftovers(prefix)
+    assert left == {"namespaces": [], "records": [], "workdirs": []}, left
+    time.sleep(0.3)
+    for pid in pids:
+        assert not _alive(pid), f"pid {pid} still runs"
+    if rec["ovs"]:
+        for pid in rec["ovs"]["pids"].values():
+            assert not os.path.exists(f"/proc/{pid}") or not _alive(pid)
+
+
+# --- integration: stacks, PMTU, shaping ------------------------------------------------------
+
+def _frames(pcap: Path):
+    import dpkt
+    with open(pcap, "rb") as f:
+        for ts, frame in dpkt.pcap.Reader(f):
+            if len(frame) >= 34 and frame[12:14] == b"\x08\x00":
+                yield ts, bytes(frame[14:])
+
+
+def _syn_mss(pcap: Path) -> dict[str, int]:
+    """Source address -> the MSS option of its SYN (or SYN-ACK) in a capture."""
+    out = {}
+    for _, ip in _frames(pcap):
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] != 6 or not ip[ihl + 13] & 0x02:
+            continue
+        off = (ip[ihl + 12] >> 4) * 4
+        opts, i = ip[ihl + 20:ihl + off], 0
+        while i < len(opts) and opts[i] != 0:
+            if opts[i] == 1:
+                i += 1
+                continue
+            if opts[i] == 2:
+                out[".".join(map(str, ip[12:16]))] = int.from_bytes(opts[i + 2:i + 4], "big")
+            i += max(2, opts[i + 1])
+    return out
+
+
+H1, H2 = "10.0.1.2", "10.0.3.2"
+
+
+@emulation
+@pytest.mark.parametrize("mtu", [1500, 9000, 1280])
+@pytest.mark.parametrize("sender", ["python", "linux"])
+def test_python_and_kernel_interoperate_across_two_routers(tmp_path, sender, mtu):
+    """h2 sends 2 MB to h1 through r2 and r1, every link at ``mtu``: one end the python
+    stack, the other the kernel; the stream arrives intact and both SYNs say MTU - 40."""
+    receiver = "linux" if sender == "python" else "python"
+    summary = run_emulated(tmp_path, "pmtu_icmp", *(f"links.{i}.mtu={mtu}" for i in range(3)),
+                           f"hosts.h2.stack={sender}", f"hosts.h1.stack={receiver}",
+                           "traffic.0.bulk.bytes=2MB")
+    flow = summary["flows"][0]
+    assert flow["stack"] == sender
+    assert flow["completed"] and flow["intact"], flow
+    assert flow["bytes_received"] == flow["bytes_acked"] == 2_000_000
+    mss = _syn_mss(tmp_path / "pcaps" / "link0_h1-r1.pcap")
+    assert mss == {H1: mtu - 40, H2: mtu - 40}, mss        # what each side announced
+    assert flow["mss_initial"] == flow["mss_final"] == mtu - 52   # minus timestamps
+    assert max(int(k) for k in flow["segment_sizes"]) == mtu - 52
+    print(f"\nsender {sender} -> receiver {receiver}, mtu {mtu}: MSS announced {mss}, "
+          f"used {flow['mss_initial']}, {flow['goodput_mbit']} Mbit/s")
+
+
+def _frag_needed(pcap: Path) -> list[tuple[int, bytes]]:
+    """(next-hop MTU, quoted IP bytes) of every ICMP frag-needed in a capture."""
+    out = []
+    for _, ip in _frames(pcap):
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] == 1 and ip[ihl] == 3 and ip[ihl + 1] == 4:
+            out.append((int.from_bytes(ip[ihl + 6:ihl + 8], "big"), ip[ihl + 8:]))
+    return out
+
+
+@emulation
+@pytest.mark.parametrize("sender", ["python", "linux"])
+def test_pmtu_icmp_frag_needed_quotes_the_senders_header(tmp_path, sender):
+    summary = run_emulated(tmp_path, "pmtu_icmp", f"hosts.h2.stack={sender}",
+                           "hosts.h1.stack=linux" if sender == "python" else
+                           "hosts.h1.stack=python")
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"] and flow["bytes_received"] == 1_000_000
+    assert (flow["mss_initial"], flow["mss_final"]) == (1448, 1228)
+    pcap = tmp_path / "pcaps" / "link2_r2-h2.pcap"
+    icmps = _frag_needed(pcap)
+    assert icmps and all(m == 1280 for m, _ in icmps)
+    sent = {ip[:20] for _, ip in _frames(pcap) if ip[12:16] == bytes([10, 0, 3, 2])}
+    for _, quote in icmps:
+        # the header as h2 sent it (TTL not yet lowered), its TCP ports, on the h2 link
+        assert quote[12:16] == bytes([10, 0, 3, 2]) and quote[16:20] == bytes([10, 0, 1, 2])
+        assert quote[9] == 6 and int.from_bytes(quote[2:4], "big") > 1280
+        assert quote[6] & 0x40                                  # DF
+        assert quote[:20] in sent
+        ihl = (quote[0] & 0x0F) * 4
+        assert int.from_bytes(quote[ihl + 2:ihl + 4], "big") == 5001 or \
+            int.from_bytes(quote[ihl + 2:ihl + 4], "big") == summary["flows"][0].get("port", 5001)
+    assert summary["routers"]["r2"]["icmp_frag_needed_sent"] == len(icmps)
+    log_text = (tmp_path / "controller.log").read_text()
+    lines = [ln for ln in log_text.splitlines() if "frag-needed sent" in ln]
+    assert len(lines) == len(icmps) and "mtu 1280" in lines[0] and "10.0.3.2 > 10.0.1.2" in \
+        lines[0], lines[:3]
+
+
+@emulation
+@pytest.mark.parametrize("probing", [0, 1])
+def test_pmtu_blackhole_python_and_kernel_side_by_side(tmp_path, probing):
+    """Both senders stall with tcp_mtu_probing=0 and recover with 1 (after RTOs)."""
+    rows = {}
+    for sender in ("python", "linux"):
+        summary = run_emulated(tmp_path / sender, "pmtu_blackhole", f"hosts.h2.stack={sender}",
+                               f"traffic.0.sysctls.net.ipv4.tcp_mtu_probing={probing}",
+                               "traffic.0.bulk.bytes=300kB",
+                               # probing starts after the RTOs reach tcp_retries1 (~3.7 s)
+                               f"run.stall_timeout_s={3 if probing == 0 else 8}",
+                               "run.duration_s=25")
+        flow = summary["flows"][0]
+        rows[sender] = flow
+        assert summary["routers"]["r2"]["icmp_frag_needed_sent"] == 0
+        assert summary["routers"]["r2"]["dropped_oversize"] > 0
+        assert "black-hole drop" in (tmp_path / sender / "controller.log").read_text()
+        if probing == 0:
+            assert flow["stalled"] and not flow["completed"] and flow["bytes_acked"] == 0, flow
+        else:
+            assert flow["completed"] and flow["intact"], flow
+            assert flow["mss_final"] <= 1228
+    print(f"\ntcp_mtu_probing={probing}:  sender  completed  recovery(first byte acked) s  "
+          "duration s  mss initial->final")
+    for sender, f in rows.items():
+        print(f"  {sender:>6}  {f['completed']!s:>9}  {f['time_to_first_byte_s']!s:>26}  "
+              f"{f['duration_s']:>10}  {f['mss_initial']}->{f['mss_final']}")
+
+
+def _binom_interval(n: int, p: float, conf: float = 0.99) -> tuple[int, int]:
+    """The central ``conf`` interval of Binomial(n, p), exactly."""
+    import math
+    lo_tail, cdf, lo, hi = (1 - conf) / 2, 0.0, None, n
+    for k in range(n + 1):
+        cdf += math.comb(n, k) * p ** k * (1 - p) ** (n - k)
+        if lo is None and cdf > lo_tail:
+            lo = k
+        if cdf >= 1 - lo_tail:
+            hi = k
+            break
+    return lo, hi
+
+
+@emulation
+def test_one_percent_loss_is_within_the_binomial_interval(tmp_path):
+    summary = run_emulated(tmp_path, "two_hosts", "links.0.loss=1%", "traffic.0.writes.count=3000",
+                           "traffic.0.writes.size=1000", "traffic.0.writes.interval_ms=0")
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"]
+    for key in ("link0:h1>h2", "link0:h2>h1"):
+        link = summary["links"][key]
+        n, lost = link["offered"], link["dropped_loss"]
+        lo, hi = _binom_interval(n, 0.01)
+        print(f"\n{key}: {lost} of {n} frames lost ({lost / n:.2%}); 99 % interval [{lo}, {hi}]")
+        assert link.get("kernel_dropped", 0) == 0
+        assert lo <= lost <= hi
+    # the pcap the shaper writes has every frame offered, lost ones included
+    n_pcap = sum(1 for _ in _frames(tmp_path / "pcaps" / "link0_h1-h2.pcap"))
+    assert n_pcap >= summary["links"]["link0:h1>h2"]["delivered"]
+
+
+@emulation
+def test_delay_of_20ms_each_way_gives_an_rtt_of_40ms(tmp_path):
+    t = topo("two_hosts", "defaults.delay_ms=20", "hosts.h1.stack=linux",
+             "hosts.h2.stack=linux", "traffic.0.writes.count=10")
+    net = emulate.EmulatedNetwork(t, tmp_path)
+    try:
+        with net:
+            net.build()
+            res = net.ns["h1"].run(["ping", "-n", "-c", "100", "-i", "0.02",
+                                    str(net.plan.addr("h2").ip if hasattr(net.plan.addr("h2"), "ip")
+                                        else net.plan.addr("h2"))], timeout=30, check=False)
+            out = res.stdout
+            net.run_traffic()
+    finally:
+        if net.run is not None:
+            assert_nothing_left(net)
+    import re
+    rtts = sorted(float(m) for m in re.findall(r"time=([\d.]+) ms", out))
+    assert len(rtts) >= 95, res.stdout + res.stderr
+    p50, p99 = rtts[len(rtts) // 2], rtts[int(len(rtts) * 0.99) - 1]
+    print(f"\nping RTT over 20 ms + 20 ms: p50 {p50:.3f} ms, p99 {p99:.3f} ms, "
+          f"min {rtts[0]:.3f}, max {rtts[-1]:.3f} ({len(rtts)} replies)")
+    assert abs(p50 - 40.0) <= 1.0
+
+
+@emulation
+@pytest.mark.parametrize("stack", ["python", "linux"])
+def test_rate_of_10mbit_gives_the_goodput_the_headers_allow(tmp_path, stack):
+    """Ideal goodput = payload / (payload + headers) x rate, with the shaper's rate counting
+    every byte of the Ethernet frame (no preamble or FCS): 1448 / (1448 + 14 + 20 + 32) x 10
+    = 9.564 Mbit/s for full segments with timestamps."""
+    summary = run_emulated(tmp_path, "two_hosts", f"hosts.h1.stack={stack}",
+                           "defaults.rate_mbit=10", "defaults.delay_ms=2",
+                           "defaults.queue_packets=100", "traffic.0.writes.count=4000",
+                           "traffic.0.writes.size=1000", "traffic.0.writes.interval_ms=0")
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"]
+    payload = flow["mss_final"]
+    ideal = payload / (payload + 14 + 20 + 32) * 10
+    print(f"\n{stack}: goodput {flow['goodput_mbit']} Mbit/s, ideal {ideal:.3f} "
+          f"({flow['goodput_mbit'] / ideal:.1%})")
+    assert abs(flow["goodput_mbit"] - ideal) / ideal < 0.05
+    assert summary["links"]["link0:h1>h2"].get("kernel_dropped", 0) == 0
+
+
+RYU_PYTHON = REPO / ".venv-ryu" / "bin" / "python"
+
+
+@emulation
+@pytest.mark.skipif(not RYU_PYTHON.exists(),
+                    reason="no .venv-ryu (scripts/install-emulation.sh makes it)")
+def test_controller_routes_under_ryu_434(tmp_path, monkeypatch):
+    """The same app on ryu 4.34 (SENDLAB_CONTROLLER_PYTHON=.venv-ryu/bin/python): the routers
+    come up, route, and send frag-needed."""
+    monkeypatch.setenv("SENDLAB_CONTROLLER_PYTHON", str(RYU_PYTHON))
+    summary = run_emulated(tmp_path, "pmtu_icmp", "traffic.0.bulk.bytes=300kB")
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"] and flow["mss_final"] == 1228
+    assert summary["routers"]["r2"]["icmp_frag_needed_sent"] > 0
+    log_text = (tmp_path / "controller.log").read_text()
+    assert "ryu" in log_text.lower() and "frag-needed sent" in log_text, log_text[-2000:]

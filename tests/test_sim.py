@@ -25,7 +25,7 @@ def test_every_shipped_topology_runs_in_sim(tmp_path, name):
     summary = _run(tmp_path, name, "run.stall_timeout_s=2", "run.duration_s=20")
     assert summary["flows"], "a shipped topology has traffic"
     assert (tmp_path / "summary.json").exists()
-    assert list(tmp_path.glob("*.pcap")), "one pcap per link"
+    assert list(tmp_path.glob("pcaps/*.pcap")), "one pcap per link"
     for flow in summary["flows"]:
         # A flow either completed intact or is reported as stalled: never silently half done.
         assert flow["completed"] or flow["stalled"] or flow["error"], flow
@@ -71,9 +71,10 @@ def test_same_seed_gives_identical_summary_and_pcaps(tmp_path):
     _run(a, "dumbbell", "links.2.loss=0.01", "run.duration_s=5")
     _run(b, "dumbbell", "links.2.loss=0.01", "run.duration_s=5")
     assert (a / "summary.json").read_bytes() == (b / "summary.json").read_bytes()
-    for pcap in a.glob("*.pcap"):
+    assert list(a.glob("pcaps/*.pcap"))
+    for pcap in a.glob("pcaps/*.pcap"):
         assert hashlib.sha256(pcap.read_bytes()).digest() == \
-            hashlib.sha256((b / pcap.name).read_bytes()).digest(), pcap.name
+            hashlib.sha256((b / "pcaps" / pcap.name).read_bytes()).digest(), pcap.name
 
 
 def test_different_seed_changes_a_lossy_run(tmp_path):
