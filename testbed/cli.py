@@ -23,9 +23,6 @@ def _cmd_run(args) -> int:
         print(f"sendlab: {err}", file=sys.stderr)
         return 2
     if args.backend != "sim":
-        if args.trace:
-            print("sendlab: --trace covers the sim backend only for now; running without it",
-                  file=sys.stderr)
         return _run_emulated(args, topo)
     out = args.out or f"results/{topo.name}"
     summary = run_sim(topo, out, seed=args.seed, trace=args.trace)
@@ -50,12 +47,13 @@ def _run_emulated(args, topo) -> int:
         return 2
     out = args.out or f"results/{topo.name}"
     try:
-        summary = run_emulated(topo, out, seed=args.seed)
+        summary = run_emulated(topo, out, seed=args.seed, trace=args.trace)
     except EmulationError as err:
         print(f"sendlab: {err}", file=sys.stderr)
         return 1
     print(format_table(summary))
-    print(f"sendlab: wrote {out}/summary.json and one pcap per link")
+    traces = ", trace_<flow>.jsonl per flow" if args.trace else ""
+    print(f"sendlab: wrote {out}/summary.json{traces} and one pcap per link")
     return 0
 
 

@@ -20,7 +20,10 @@ all times the agent records are seconds since T0; it prints ``{"event": "senders
 when each flow it sends has completed, stalled (``run.stall_timeout_s`` without new data
 acknowledged, the sim's rule) or failed, and ``{"event": "receivers_done"}`` when each flow
 it receives has seen its end; ``stop`` (or EOF) makes it write its results (JSON, the path in
-the job) and exit.
+the job) and exit. With ``"trace": true`` in the job, a python host attaches a
+``stack.trace.Tracer`` and writes each flow it sends as ``trace_<flow>.jsonl`` in
+``trace_dir``, with ``held_s_by_reason`` in the flow's result (kernel senders' timelines are
+built from the capture by the orchestrator).
 
     python -m testbed.emu_host JOB.json
 """
@@ -575,7 +578,7 @@ def run_agent(job: dict, *, control_fd: int | None = 0, announce=None) -> dict:
     result: dict = {"host": job["host"], "stack": stack_kind}
     control = _Control(control_fd)
 
-    rt = host = None
+    rt = host = tracer = None
     if stack_kind == "python":
         from stack.arp import REACHABLE, ArpParams, Neighbour
         from stack.runtime.afpacket import AfPacketRuntime
@@ -585,11 +588,15 @@ def run_agent(job: dict, *, control_fd: int | None = 0, announce=None) -> dict:
             sysctl.set(key, value)
         result["sysctls_applied"] = {k: str(v) for k, v in job.get("sysctls", {}).items()}
         result["sysctls_failed"] = {}
+        if job.get("trace"):
+            from stack.trace import Tracer
+            tracer = Tracer()
         # Static neighbours that never go stale: no ARP frame shifts the links' loss indices.
         rt = AfPacketRuntime.for_interface(
             job["ifname"], job["addr"], vnet_hdr=bool(job.get("vnet_hdr", True)), sysctl=sysctl,
             seed=int(job.get("seed", 0)), name=job["host"], prefix_len=int(job["prefixlen"]),
-            gateway=job.get("gateway"), arp_params=ArpParams(reachable_time_s=1e12))
+            gateway=job.get("gateway"), arp_params=ArpParams(reachable_time_s=1e12),
+            tracer=tracer)
         for ip, mac in job.get("neighbours", {}).items():
             rt.arp.neighbours[ip] = Neighbour(ip, REACHABLE, confirmed=0.0,
                                               mac=bytes.fromhex(mac.replace(":", "")))
@@ -630,6 +637,8 @@ def run_agent(job: dict, *, control_fd: int | None = 0, announce=None) -> dict:
             else:
                 time.sleep(max(0.0, min(CHUNK_S, t0 - time.monotonic())))
         rt.t0 = t0            # from here on, every recorded time is seconds since T0
+        if tracer is not None:
+            tracer.last_t = 0.0   # the trace's clock restarts at T0 too
 
     duration_s = float(job["duration_s"])
     stall_s = float(job["stall_timeout_s"])
@@ -703,6 +712,8 @@ def run_agent(job: dict, *, control_fd: int | None = 0, announce=None) -> dict:
     flows = []
     for s in senders:
         flows.append(_sender_result(s, stack_kind, host))
+        if tracer is not None:
+            flows[-1]["held_s_by_reason"] = _write_trace(tracer, s.rec, job["trace_dir"], end)
     for (rec, _), state, proc in zip(receivers, states, procs):
         err = rec.error
         if err is None and proc.done and proc.error is not None:
@@ -737,6 +748,16 @@ def run_agent(job: dict, *, control_fd: int | None = 0, announce=None) -> dict:
             json.dump(result, f, indent=1, sort_keys=True)
         os.replace(tmp, job["result"])
     return result
+
+
+def _write_trace(tracer, rec: FlowRecord, trace_dir: str, end: float) -> dict:
+    """A python sender's decision trace as ``trace_<flow>.jsonl`` in the run's directory (as
+    ``testbed.run`` writes the sim's); returns its ``held_s_by_reason``."""
+    from stack.trace import held_s_by_reason, write_jsonl
+    sock = rec.sock if rec.sock is not None else rec.sock_pending
+    events = tracer.for_sock(sock.tp) if sock is not None else []
+    write_jsonl(os.path.join(trace_dir, f"trace_{rec.spec.name}.jsonl"), events)
+    return held_s_by_reason(events, end)
 
 
 def _congestion_of(sock) -> str | None:

@@ -29,7 +29,11 @@ pieces, per run:
   ``summary.json`` says per link direction which mechanism shaped it (``shaping``).
 
 The run writes ``DIR/summary.json`` (the sim's fields, ``backend: "mininet"``),
-``DIR/pcaps/link<N>_<a>-<b>.pcap`` per link, ``DIR/controller.log`` and ``DIR/logs/``. Teardown
+``DIR/pcaps/link<N>_<a>-<b>.pcap`` per link, ``DIR/controller.log`` and ``DIR/logs/``; with
+``trace``, ``DIR/trace_<flow>.jsonl`` per flow and ``held_s_by_reason`` in its summary: the
+stack's decision trace for a python sender (written by its agent), for a linux sender the
+timeline ``testbed.wire_trace`` builds from its writes and its access link's capture (reasons
+``unknown``). Teardown
 stops exactly what the run started (by PID, by control socket, by the names it recorded),
 on success, error, SIGTERM and Ctrl-C; a record under the temporary directory lets
 ``python -m testbed.emulate clean`` remove what a killed run left.
@@ -287,8 +291,9 @@ class EmulatedNetwork:
     """One run's network: build, run the traffic, tear down (a context manager)."""
 
     def __init__(self, topo: Topology, out_dir: str | Path, *, seed: int | None = None,
-                 options: EmuOptions | None = None) -> None:
+                 options: EmuOptions | None = None, trace: bool = False) -> None:
         require_backend(topo, "mininet")
+        self.trace = trace
         self.topo = topo
         self.seed = topo.seed if seed is None else seed
         self.opts = options or EmuOptions()
@@ -309,6 +314,7 @@ class EmulatedNetwork:
         self.router_status: dict = {}
         self.mechanism = "none"
         self.t0: float | None = None
+        self.t0_wall: float | None = None   # the wall-clock time of T0 (pcap timestamps)
         self.timings: dict[str, float] = {}
         self._t_build = 0.0
         self._closed = False
@@ -647,7 +653,8 @@ class EmulatedNetwork:
                     "seed": derive_seed(self.seed, f"host:{host}"), "vnet_hdr": self.opts.vnet_hdr,
                     "send": [], "receive": [], "duration_s": topo.run.duration_s,
                     "stall_timeout_s": topo.run.stall_timeout_s,
-                    "result": os.path.join(self.workdir, f"agent-{host}.json")}
+                    "result": os.path.join(self.workdir, f"agent-{host}.json"),
+                    "trace": self.trace, "trace_dir": str(self.out.resolve())}
             return jobs[host]
 
         for flow, spec in zip(topo.traffic, specs):
@@ -682,6 +689,7 @@ class EmulatedNetwork:
         _wait_for(agents, "ready", READY_TIMEOUT_S)
         self.timings["agents_ready_s"] = round(time.monotonic() - t_start, 3)
         self.t0 = time.monotonic() + 0.05
+        self.t0_wall = time.time() - time.monotonic() + self.t0
         for a in agents:
             a.send(f"go {self.t0!r}")
         deadline = self.t0 + topo.run.duration_s
@@ -760,6 +768,8 @@ class EmulatedNetwork:
         for flow, spec in zip(topo.traffic, specs):
             flows.append(self._flow_summary(flow, spec, senders.get(spec.name, {}),
                                             receivers.get(spec.name, {}), end, wire))
+            if self.trace:
+                self._flow_trace(flow, spec, senders.get(spec.name, {}), flows[-1], end)
         routers = {}
         for name in topo.routers:
             counters = (self.router_status.get(name) or {}).get("counters", {})
@@ -827,6 +837,27 @@ class EmulatedNetwork:
             "congestion": snd.get("congestion"),
             "receiver_congestion": rcv.get("congestion"),
         }
+
+    def _flow_trace(self, flow, spec, snd: dict, summary: dict, end: float) -> None:
+        """``held_s_by_reason`` of one flow; a linux sender's ``trace_<flow>.jsonl`` too (a
+        python sender's agent wrote its own), built from its writes and the capture of its
+        access link, the writes' clock (seconds since T0) mapped to the capture's (wall)."""
+        if self.topo.hosts[flow.from_].stack == "python":
+            summary["held_s_by_reason"] = snd.get("held_s_by_reason", {})
+            return
+        from stack.trace import write_jsonl
+        from .wire_trace import UNKNOWN, held_by_reason, timeline_from_wire
+        link = self.plan.interfaces[flow.from_][0].link
+        lb = next(lb for lb in self.links if lb.index == link)
+        events = []
+        try:
+            events = timeline_from_wire(lb.pcap, str(self.plan.addr(flow.from_)),
+                                        snd.get("sport"), str(self.plan.addr(flow.to)),
+                                        spec.port, snd.get("writes", []), t0=self.t0_wall)
+        except (OSError, ValueError) as exc:   # no capture, or no SYN of the flow in it
+            log.warning("trace of %s: %s", spec.name, exc)
+        write_jsonl(self.out / f"trace_{spec.name}.jsonl", events)
+        summary["held_s_by_reason"] = held_by_reason(events, end) if events else {UNKNOWN: 0.0}
 
     def _wire_segments(self) -> dict:
         """(sender host, sport, dport) -> Counter of TCP payload sizes the sender put on its
@@ -1029,8 +1060,9 @@ def _count_frames(path: str, src_mac: str, mtu: int) -> tuple[int, int]:
 # --- entry points ---------------------------------------------------------------------------------
 
 def run_emulated(topo: Topology, out_dir: str | Path, *, seed: int | None = None,
-                 options: EmuOptions | None = None) -> dict:
-    """Build the topology, run its traffic, write ``summary.json`` and the pcaps, tear down."""
+                 options: EmuOptions | None = None, trace: bool = False) -> dict:
+    """Build the topology, run its traffic, write ``summary.json`` and the pcaps, tear down;
+    with ``trace``, also each flow's ``trace_<flow>.jsonl`` and ``held_s_by_reason``."""
     out = Path(out_dir)
     in_main = _is_main_thread()
     old = None
@@ -1039,7 +1071,7 @@ def run_emulated(topo: Topology, out_dir: str | Path, *, seed: int | None = None
             raise _Interrupted("SIGTERM")
         old = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        with EmulatedNetwork(topo, out, seed=seed, options=options) as net:
+        with EmulatedNetwork(topo, out, seed=seed, options=options, trace=trace) as net:
             net.build()
             summary = net.run_traffic()
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

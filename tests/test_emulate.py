@@ -193,9 +193,9 @@ def assert_nothing_left(net: emulate.EmulatedNetwork) -> None:
     assert not os.path.exists(net.workdir)
 
 
-def run_emulated(tmp_path, name: str, *overrides: str) -> dict:
+def run_emulated(tmp_path, name: str, *overrides: str, trace: bool = False) -> dict:
     t = topo(name, *overrides)
-    net = emulate.EmulatedNetwork(t, tmp_path)
+    net = emulate.EmulatedNetwork(t, tmp_path, trace=trace)
     try:
         with net:
             net.build()
@@ -646,3 +646,48 @@ def test_controller_routes_under_ryu_434(tmp_path, monkeypatch):
     assert summary["routers"]["r2"]["icmp_frag_needed_sent"] > 0
     log_text = (tmp_path / "controller.log").read_text()
     assert "ryu" in log_text.lower() and "frag-needed sent" in log_text, log_text[-2000:]
+
+
+# --- --trace ------------------------------------------------------------------------------------
+
+@emulation
+def test_trace_of_a_python_sender_has_the_stacks_reasons(tmp_path):
+    from stack.trace import REASONS, read_jsonl
+    summary = run_emulated(tmp_path, "two_hosts", trace=True)
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"]
+    events = read_jsonl(tmp_path / "trace_small-writes.jsonl")
+    holds = [ev for ev in events if ev["kind"] == "hold"]
+    assert holds and {ev["reason"] for ev in holds} <= set(REASONS)
+    assert any(ev["reason"] == "nagle" for ev in holds)   # 100-byte writes, Nagle on
+    assert all(ev["cwnd"] is not None for ev in events)
+    assert sum(ev.get("size", 0) for ev in events if ev.get("call") == "tcp_sendmsg") == 20000
+    # times are seconds since T0, as the flow's other times
+    assert 0 <= events[0]["t"] <= flow["time_to_first_byte_s"] + flow["duration_s"] + 1
+    held = flow["held_s_by_reason"]
+    assert set(held) == set(REASONS) and held["nagle"] > 0
+
+
+@emulation
+def test_trace_of_a_linux_sender_is_built_from_the_wire(tmp_path):
+    from stack.trace import read_jsonl
+    summary = run_emulated(tmp_path, "two_hosts", "hosts.h1.stack=linux", trace=True)
+    flow = summary["flows"][0]
+    assert flow["completed"] and flow["intact"] and flow["stack"] == "linux"
+    events = read_jsonl(tmp_path / "trace_small-writes.jsonl")
+    assert events and all(ev["cwnd"] is None for ev in events)
+    holds = [ev for ev in events if ev["kind"] == "hold"]
+    assert holds and {ev["reason"] for ev in holds} == {"unknown"}
+    xmits = [ev for ev in events if ev["kind"] == "xmit" and ev["len"] > 0]
+    assert abs(len(xmits) - flow["data_segments"]) <= 3
+    calls = [ev for ev in events if ev["kind"] == "call"]
+    assert len(calls) == 200 and calls[-1]["write_seq"] == 20001
+    # the writes' clock (since T0) and the capture's line up: no byte leaves before its write
+    first_left = {}
+    for ev in xmits:
+        first_left.setdefault(ev["seq"], ev["t"])
+    for ev in calls[:5]:
+        assert first_left.get(ev["seq"], ev["t"]) >= ev["t"] - 1e-3
+    held = flow["held_s_by_reason"]
+    assert set(held) == {"unknown"} and 0 < held["unknown"] <= flow["duration_s"] + 1
+
