@@ -44,7 +44,7 @@ import time
 import traceback
 
 from stack.constants import SOL_TCP, TCP_CONGESTION
-from stack.runtime import Sleep
+from stack.runtime.apps import Process, Sleep, advance
 
 from .traffic import FlowRecord, FlowSpec, SocketOptions, _apply_options, receive, sender
 
@@ -346,15 +346,6 @@ class _suppress_oserror:
         return typ is not None and issubclass(typ, OSError)
 
 
-class KProcess:
-    __slots__ = ("pid", "gen", "op", "wake_at", "done", "result", "error", "name")
-
-    def __init__(self, pid: int, gen, name: str) -> None:
-        self.pid, self.gen, self.name = pid, gen, name
-        self.op = self.wake_at = self.result = self.error = None
-        self.done = False
-
-
 class KernelRuntime:
     """Drives the traffic generators over kernel sockets: ``net.socket``, ``net.spawn``,
     ``net.now`` as ``stack.runtime.VirtualNetwork`` offers them; time is seconds since ``t0``
@@ -362,7 +353,7 @@ class KernelRuntime:
 
     def __init__(self, t0: float | None = None) -> None:
         self.t0 = time.monotonic() if t0 is None else t0
-        self.procs: list[KProcess] = []
+        self.procs: list[Process] = []
         self.sockets: list[KSocket] = []
         self._pid = 0
         self.on_tick = None           # fn(now), called after every wake-up of the loop
@@ -375,49 +366,23 @@ class KernelRuntime:
     def socket(self, host=None) -> KSocket:
         return KSocket(self)
 
-    def spawn(self, host, gen, name: str = "") -> KProcess:
+    def spawn(self, host, gen, name: str = "") -> Process:
         self._pid += 1
-        proc = KProcess(self._pid, gen, name)
+        proc = Process(self._pid, gen, name)
         self.procs.append(proc)
         self._advance(proc, None, None, self.now)
         return proc
 
-    def _advance(self, proc: KProcess, value, failed: KOp | None, now: float) -> None:
-        while True:
-            try:
-                if failed is not None:
-                    try:
-                        failed.raise_error()
-                    except OSError as exc:
-                        item = proc.gen.throw(exc)
-                    failed = None
-                else:
-                    item = proc.gen.send(value)
-            except StopIteration as stop:
-                self._finish(proc, stop.value, None)
-                return
-            except Exception as exc:  # an application failed: record it, keep the others
-                log.error("%s failed: %s", proc.name, traceback.format_exc())
-                self._finish(proc, None, exc)
-                return
-            value = None
-            if isinstance(item, Sleep):
-                proc.wake_at = now + max(item.seconds, 0.0)
-                return
-            if not isinstance(item, KOp):
-                self._finish(proc, None, TypeError(f"application yielded {item!r}"))
-                return
-            if not item.step(now):
-                proc.op = item
-                return
-            if item.error:
-                failed = item
-            else:
-                value = item.result
-
-    def _finish(self, proc: KProcess, result, error) -> None:
-        proc.done, proc.result, proc.error, proc.op = True, result, error, None
-        self.procs.remove(proc)
+    def _advance(self, proc: Process, value, failed, now: float) -> None:
+        try:
+            waiting = advance(proc, value, failed, now)
+        except Exception:  # an application failed: record it, keep the others
+            log.error("%s failed: %s", proc.name, traceback.format_exc())
+        if proc.done:
+            proc.op = None
+            self.procs.remove(proc)
+        elif isinstance(waiting, Sleep):
+            proc.wake_at = now + max(waiting.seconds, 0.0)
 
     def run(self, until: float) -> float:
         """Run the applications until ``until`` (seconds since t0)."""

@@ -1,5 +1,8 @@
-"""Runtimes that drive the sans-I/O core: a virtual clock (here) and, later, AF_PACKET."""
+"""Runtimes that drive the sans-I/O core: the virtual clock (``virtual``) and a real interface
+through AF_PACKET (``afpacket``, imported on demand: it needs Linux). Both run applications
+written as generators (``apps``)."""
 
-from .virtual import Link, Sleep, VirtualNetwork
+from .apps import Process, Sleep
+from .virtual import Link, VirtualNetwork
 
-__all__ = ["VirtualNetwork", "Link", "Sleep"]
+__all__ = ["VirtualNetwork", "Link", "Sleep", "Process"]

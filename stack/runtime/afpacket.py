@@ -43,13 +43,13 @@ from ..arp import ArpParams, ArpTable
 from ..device import NetDevice
 from ..host import Host
 from ..packet import segment_to_ip
-from ..socket import Op, Socket
+from ..socket import Socket
 from ..wire import (
     BROADCAST_MAC, ETH_P_ARP, ETH_P_IP, encode_ipv4, encode_tcp, internet_checksum,
     ip_to_bytes, pseudo_header_sum,
 )
 from ..wire.ipv4 import IPPROTO_TCP
-from .virtual import Sleep
+from .apps import Process, Sleep, advance
 
 log = logging.getLogger(__name__)
 
@@ -236,22 +236,6 @@ def set_timer_slack_ns(ns: int = 1) -> None:
 
 # --- applications ---------------------------------------------------------------------------
 
-class Process:
-    """One application generator; ``done``, ``result`` and ``error`` tell how it ended."""
-
-    __slots__ = ("pid", "gen", "op", "wake_at", "done", "result", "error", "name")
-
-    def __init__(self, pid: int, gen, name: str) -> None:
-        self.pid = pid
-        self.gen = gen
-        self.op = None
-        self.wake_at = None
-        self.done = False
-        self.result = None
-        self.error = None
-        self.name = name
-
-
 # --- the runtime ----------------------------------------------------------------------------
 
 class AfPacketRuntime:
@@ -326,44 +310,15 @@ class AfPacketRuntime:
             proc.op = None
             self._advance(proc, None if op.error else op.result, op if op.error else None, now)
 
-    def _advance(self, proc: Process, value, failed: Op | None, now: float) -> None:
+    def _advance(self, proc: Process, value, failed, now: float) -> None:
         """Run the application until it waits on a socket or a Sleep (as the virtual runtime)."""
-        while True:
-            try:
-                item = self._next_item(proc, value, failed)
-            except StopIteration as stop:
-                self._finish(proc, result=stop.value)
-                return
-            except Exception as exc:
-                self._finish(proc, error=exc)
-                raise
-            failed = value = None
-            if isinstance(item, Sleep):
-                proc.wake_at = now + max(item.seconds, 0.0)
-                return
-            if not isinstance(item, Op):
-                raise TypeError(f"application yielded {item!r}; "
-                                "expected a socket operation or Sleep")
-            if not item.step(now):
-                proc.op = item
-                return
-            if item.error:
-                failed = item
-            else:
-                value = item.result
-
-    @staticmethod
-    def _next_item(proc: Process, value, failed: Op | None):
-        if failed is None:
-            return proc.gen.send(value)
         try:
-            failed.raise_error()
-        except OSError as exc:
-            return proc.gen.throw(exc)
-
-    def _finish(self, proc: Process, result=None, error=None) -> None:
-        proc.done, proc.result, proc.error = True, result, error
-        self._procs.remove(proc)
+            waiting = advance(proc, value, failed, now)
+        finally:
+            if proc.done:
+                self._procs.remove(proc)
+        if isinstance(waiting, Sleep):
+            proc.wake_at = now + max(waiting.seconds, 0.0)
 
     # --- the loop -------------------------------------------------------------------------
 

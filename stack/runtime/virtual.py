@@ -14,13 +14,9 @@ import random
 from dataclasses import dataclass, field
 
 from ..host import Host
-from ..socket import Op, Socket
+from ..socket import Socket
+from .apps import Process, Sleep, advance
 from ..sysctl import Sysctl
-
-
-@dataclass
-class Sleep:
-    seconds: float
 
 
 @dataclass
@@ -45,21 +41,6 @@ class Link:
         return self.b if host is self.a else self.a
 
 
-class _Process:
-    __slots__ = ("pid", "host", "gen", "op", "wake_at", "done", "result", "error", "name")
-
-    def __init__(self, pid: int, host: Host, gen, name: str) -> None:
-        self.pid = pid
-        self.host = host
-        self.gen = gen
-        self.op = None
-        self.wake_at = None
-        self.done = False
-        self.result = None
-        self.error = None
-        self.name = name
-
-
 class VirtualNetwork:
     def __init__(self, seed: int = 0) -> None:
         self.now = 0.0
@@ -68,7 +49,7 @@ class VirtualNetwork:
         self.links: dict = {}            # host -> Link
         self._events: list = []          # (time, seq, fn, args)
         self._seq = itertools.count()
-        self._procs: list[_Process] = []
+        self._procs: list[Process] = []
         self._pid = itertools.count(1)
         self.egress: dict = {}           # host -> fn(host, frames, now): a backend's own wiring
         self._deadlines: dict = {}       # host -> the deadline its heap entry is for
@@ -90,8 +71,8 @@ class VirtualNetwork:
         self.links[b] = link
         return link
 
-    def spawn(self, host: Host, gen, name: str = "") -> _Process:
-        proc = _Process(next(self._pid), host, gen, name)
+    def spawn(self, host: Host, gen, name: str = "") -> Process:
+        proc = Process(next(self._pid), gen, name, host)
         self._procs.append(proc)
         self._advance(proc, None, None)
         self._flush(host)
@@ -134,7 +115,7 @@ class VirtualNetwork:
         host.handle_timer(self.now)
         self._flush(host)
 
-    def _wake(self, proc: _Process, due: float) -> None:
+    def _wake(self, proc: Process, due: float) -> None:
         if proc.wake_at != due or proc.done:
             return
         proc.wake_at = None
@@ -195,7 +176,7 @@ class VirtualNetwork:
 
     # --- applications -------------------------------------------------------------------
 
-    def _resume(self, proc: _Process) -> None:
+    def _resume(self, proc: Process) -> None:
         op = proc.op
         if not op.step(self.now):
             self._waiting.setdefault(op.sock.tp, []).append(proc)
@@ -206,44 +187,18 @@ class VirtualNetwork:
         else:
             self._advance(proc, op.result, None)
 
-    def _advance(self, proc: _Process, value, failed: Op | None) -> None:
+    def _advance(self, proc: Process, value, failed) -> None:
         """Run the application until it waits on something."""
-        while True:
-            try:
-                if failed is not None:
-                    try:
-                        failed.raise_error()
-                    except OSError as exc:
-                        item = proc.gen.throw(exc)
-                    failed = None
-                else:
-                    item = proc.gen.send(value)
-            except StopIteration as stop:
-                proc.done = True
-                proc.result = stop.value
+        try:
+            waiting = advance(proc, value, failed, self.now)
+        finally:
+            if proc.done:
                 self._procs.remove(proc)
-                return
-            except Exception as exc:  # the application failed: record it, stop it
-                proc.done = True
-                proc.error = exc
-                self._procs.remove(proc)
-                raise
-            if isinstance(item, Sleep):
-                proc.wake_at = self.now + max(item.seconds, 0.0)
-                self.at(proc.wake_at, self._wake, proc, proc.wake_at)
-                return
-            if isinstance(item, Op):
-                if item.step(self.now):
-                    if item.error:
-                        failed = item
-                        value = None
-                        continue
-                    value = item.result
-                    continue
-                proc.op = item
-                self._waiting.setdefault(item.sock.tp, []).append(proc)
-                return
-            raise TypeError(f"application yielded {item!r}; expected a socket operation or Sleep")
+        if isinstance(waiting, Sleep):
+            proc.wake_at = self.now + max(waiting.seconds, 0.0)
+            self.at(proc.wake_at, self._wake, proc, proc.wake_at)
+        elif waiting is not None:
+            self._waiting.setdefault(waiting.sock.tp, []).append(proc)
 
 
 def _opts_len(seg) -> int:
