@@ -15,35 +15,11 @@ OSKEN_SPEC="${OSKEN_VERSION:-os-ken>=4,<5}"
 
 say() { printf 'install-emulation: %s\n' "$*"; }
 
-# 1. Debian packages, only those missing; apt-get update only when something is missing.
-missing=()
-for pkg in $APT_PACKAGES; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing+=("$pkg")
-done
-if [ ${#missing[@]} -eq 0 ]; then
-    say "Debian packages present"
-elif [ "$(id -u)" -ne 0 ]; then
-    say "not root, skipping apt; missing Debian packages: ${missing[*]}"
-elif ! command -v apt-get >/dev/null 2>&1; then
-    say "no apt-get here; install these yourself: ${missing[*]}"
-else
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    # policy-rc.d exit 101 keeps the package scripts from starting services (openvswitch-switch
-    # would otherwise try to start the system OVS); removed again only if we created it.
-    policy=/usr/sbin/policy-rc.d
-    made_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        made_policy=1
-    fi
-    trap 'if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
-    apt-get update -qq
-    # shellcheck disable=SC2086  # the list is meant to split into words
-    apt-get install -y -qq --no-install-recommends ${missing[*]} >/dev/null
-fi
+# 1. Debian packages, only the missing ones.
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
+# shellcheck disable=SC2086  # the list is meant to split into words
+apt_install_missing $APT_PACKAGES
 
 # 2. os-ken into the venv, when the venv exists (scripts/setup.sh makes it).
 if [ -x "$VENV/bin/python" ]; then

@@ -12,25 +12,11 @@ STAMP="$VENV/.sendlab-pyproject.sha256"   # hash of pyproject.toml at the last g
 
 say() { printf 'setup: %s\n' "$*"; }
 
-# 1. Debian packages: apt-get update and install only when one is missing.
-missing=()
-for pkg in $APT_PACKAGES; do
-    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-    [ "$status" = "install ok installed" ] || missing+=("$pkg")
-done
-if [ ${#missing[@]} -eq 0 ]; then
-    say "Debian packages present"
-elif [ "$(id -u)" -ne 0 ]; then
-    say "not root, skipping apt; missing Debian packages: ${missing[*]}"
-elif ! command -v apt-get >/dev/null 2>&1; then
-    say "no apt-get here; install these yourself: ${missing[*]}"
-else
-    say "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # shellcheck disable=SC2086  # the list is meant to split into words
-    apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
-fi
+# 1. Debian packages, only the missing ones.
+# shellcheck source=scripts/apt.sh
+source scripts/apt.sh
+# shellcheck disable=SC2086  # the list is meant to split into words
+apt_install_missing $APT_PACKAGES
 
 # 2. The venv: the system Python with its site-packages visible (Mininet comes from Debian's
 #    python3), kept when it still works, made anew otherwise.
