@@ -617,6 +617,10 @@ class Topology(_Model):
         default_factory=dict)
     traffic: list[Flow] = Field(default_factory=list)
     run: Annotated[RunLimits, BeforeValidator(_none_to_empty)] = Field(default_factory=RunLimits)
+    # Which worker builds each node when the run is split over machines (``--workers``); the
+    # worker names are checked against the workers file by ``testbed.split``.
+    placement: Annotated[dict[str, str], BeforeValidator(_none_to_empty)] = Field(
+        default_factory=dict)
 
     _plan: AddressPlan | None = PrivateAttr(default=None)
     _routes: dict[str, list[Route]] | None = PrivateAttr(default=None)
@@ -814,6 +818,12 @@ class _Checker:
                     self.err(("links", i, "from", node),
                              f"{node!r} is not an end of this link "
                              f"({link.ends[0]}, {link.ends[1]})")
+        for node, worker in t.placement.items():
+            if node not in nodes:
+                self.err(("placement", node), self._unknown(node, nodes, "node"))
+            elif not isinstance(worker, str) or not re.fullmatch(
+                    r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", worker):
+                self.err(("placement", node), f"{worker!r} is not a worker name")
         l3 = [*t.hosts, *t.routers]
         for node, entries in t.routes.items():
             if node not in l3:
