@@ -13,7 +13,7 @@ Prints, in one run:
 Stock ``mn --switch ovs,datapath=user --controller remote --topo linear,20 --test pingall`` is
 NOT run: it names its interfaces s1-eth1 ... in the namespace it runs in and its switches s1...
 in whatever OVS it finds, needs a learning-switch controller on 127.0.0.1:6653 (os-ken 4.x
-ships none), and after a crash only ``mn -c`` (which kills and deletes by broad names) cleans
+ships none), and after a crash only Mininet's own cleanup (which kills and deletes by broad names) cleans
 it. Making that safe beside other runs would need it wrapped in a private namespace, a private
 OVS and our own controller: not done here, so sendlab is measured alone.
 
@@ -118,7 +118,7 @@ def main() -> int:
         print(f"RESULT linear,20 ready: sendlab build {r['build_s']:.2f} s (routers' flows "
               f"installed at {r['routers_ready_s']} s), first ping answered at "
               f"{r['first_ping_s']:.2f} s (rtt {r['first_rtt_ms']} ms) | stock mn pingall: "
-              "not run (no safe private-instance cleanup without mn -c; see docstring)")
+              "not run (no safe private-instance cleanup without Mininet's broad cleanup; see docstring)")
         g = {s: bulk(s, tmp / f"bulk-{s}") for s in ("python", "linux")}
         print(f"RESULT bulk goodput h2->h1 via r2,r1 (MTU 1500, unshaped, kernel receiver): python sender "
               f"{g['python']['goodput_mbit']:.0f} Mbit/s | kernel "

@@ -3,7 +3,7 @@
 Built with ``testbed.netns`` (scoped namespaces and veths, every name under the run's prefix,
 recorded for cleanup) rather than Mininet's ``Mininet``/``TCLink`` classes: Mininet's
 ``waitConnected`` polls OVSDB for seconds, its TCLink delay/loss silently do nothing on
-kernels without netem, and its cleanup (``mn -c``) kills and deletes by broad names. The
+kernels without netem, and its own cleanup command kills and deletes by broad names. The
 pieces, per run:
 
 - **hosts**: one namespace each (``<prefix>-<host>``), one interface named as the topology
