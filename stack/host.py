@@ -252,30 +252,6 @@ class Host:
     def wake(self, tp) -> None:
         self.woken.add(tp)
 
-    # The core tests ``tp.host.tracer is not None`` itself before building arguments; these
-    # wrappers are for callers outside the hot path (runtimes, tests).
-
-    def trace_hold(self, tp, reason: str, skb) -> None:
-        if self.tracer is not None:
-            self.tracer.hold(tp, reason, skb, self.now)
-
-    def trace_call(self, tp, call: str, **fields) -> None:
-        if self.tracer is not None:
-            self.tracer.call(tp, call, self.now, **fields)
-
-    def trace_skb(self, tp, what: str, skb) -> None:
-        if self.tracer is not None:
-            self.tracer.skb(tp, what, skb, self.now)
-
-    def trace_state(self, tp, old: int, new: int) -> None:
-        if self.tracer is not None:
-            self.tracer.state(tp, old, new, None)
-
-    def trace_event(self, tp, event: str, **fields) -> None:
-        if self.tracer is not None:
-            self.tracer.event(tp, event, fields, self.now)
-
-
 __all__ = ["Host", "PmtuEntry", "TCP_ESTABLISHED", "TCPHDR_ACK", "TCPHDR_SYN"]
 
 

@@ -18,10 +18,6 @@ def between(seq1: int, seq2: int, seq3: int) -> bool:
     return ((seq3 - seq2) & SEQ_MASK) >= ((seq1 - seq2) & SEQ_MASK)
 
 
-def seq_add(seq: int, n: int) -> int:
-    return (seq + n) & SEQ_MASK
-
-
 def seq_sub(seq1: int, seq2: int) -> int:
     """Distance from seq2 forward to seq1, as a non-negative int below 2**32."""
     return (seq1 - seq2) & SEQ_MASK

@@ -35,7 +35,6 @@ class TcpSock:
         self.shutdown = 0           # sk_shutdown bits
         self.done = False           # SOCK_DONE
         self.dead = False           # SOCK_DEAD: closed by the application
-        self.sndtimeo = None
         self.name = ""
 
         # Send sequence space.
@@ -45,7 +44,6 @@ class TcpSock:
         self.snd_nxt = 0
         self.pushed_seq = 0
         self.snd_sml = 0
-        self.snd_up = 0
         self.snd_wl1 = 0
         self.snd_wnd = 0
         self.max_window = 0
@@ -66,7 +64,6 @@ class TcpSock:
         self.receive_queue = bytearray()
         self.ooo_queue: list = []   # [(seq, end_seq, bytes, fin)] sorted by seq
         self.selective_acks: list = []
-        self.fin_seq = None         # sequence number of the peer's FIN once received in order
 
         # MSS and MTU.
         self.mss_cache = TCP_MSS_DEFAULT
@@ -104,7 +101,6 @@ class TcpSock:
         self.wmem_queued = 0
         self.wmem_alloc = 1         # sk_wmem_alloc starts at one reference
         self.notsent_lowat = 0
-        self.queue_shrunk = False
         self.nospace = False        # SOCK_NOSPACE
         self.tsq_throttled = False  # TSQ_THROTTLED
         self.tsq_queued = False     # TSQ_QUEUED
@@ -189,10 +185,8 @@ class TcpSock:
         self.ack_quick = 0
         self.ack_pingpong = 0
         self.ack_lrcvtime = 0.0
-        self.ack_rcv_segs = 0
         # Other timers.
         self.timewait_deadline = None
-        self.linger2 = None
 
         # Identity of the IP packets we send.
         self.inet_id = 0
@@ -208,9 +202,6 @@ class TcpSock:
         self.segs_in = 0
         self.data_segs_out = 0
         self.data_segs_in = 0
-        self.delivered_ce = 0
-        self.app_limited = 0
-        self.established_at = 0.0
 
     # Small helpers with the kernel's names.
     def packets_in_flight(self) -> int:
@@ -225,9 +216,6 @@ class TcpSock:
 
     def write_queue_tail(self):
         return self.write_queue[-1] if self.write_queue else None
-
-    def rtx_and_write_queues_empty(self) -> bool:
-        return not self.write_queue and not self.rtx_queue
 
     def in_slow_start(self) -> bool:
         return self.snd_cwnd < self.snd_ssthresh

@@ -20,7 +20,7 @@ from .seq import after, seq_sub
 from .skbuff import SkBuff
 from .stream import sk_stream_memory_free, sk_stream_write_space
 from .tcp_output import (
-    __tcp_push_pending_frames, tcp_current_mss, tcp_push_one, tcp_push_pending_frames,
+    __tcp_push_pending_frames, tcp_push_one, tcp_push_pending_frames,
     tcp_send_ack, tcp_send_active_reset, tcp_send_fin, tcp_send_mss, tcp_skb_can_collapse_to,
     tcp_cwnd_restart,
 )
@@ -450,10 +450,6 @@ def getsockopt(tp, level: int, optname: int):
     if optname == TCP_CONGESTION:
         return tp.ca_ops.name if tp.ca_ops else ""
     return -ENOPROTOOPT
-
-
-def tcp_current_mss_for_user(tp) -> int:
-    return tcp_current_mss(tp)
 
 
 # Imported last: these modules import this one, and are used only inside functions.

@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from .constants import (
     ECONNREFUSED, ECONNRESET, ICSK_ACK_NOW, ICSK_ACK_PUSHED, ICSK_ACK_PUSHED2, ICSK_ACK_SCHED,
-    ICSK_TIME_PROBE0, ICSK_TIME_RETRANS, RCV_SHUTDOWN, SEND_SHUTDOWN, TCP_ATO_MIN_MS,
-    TCP_CA_Loss, TCP_CA_Open, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
+    ICSK_TIME_PROBE0, RCV_SHUTDOWN, SEND_SHUTDOWN, TCP_ATO_MIN_MS,
+    TCP_CA_Open, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
     TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_MAX_QUICKACKS, TCP_MAX_WSCALE,
     TCP_MSS_DEFAULT, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, TCP_TIMEWAIT_LEN_MS,
     TCPHDR_ACK, TCPHDR_FIN, TCPHDR_PSH, TCPHDR_RST, TCPHDR_SYN, TCP_RTO_MIN_MS,
 )
-from .jiffies import TICK_S, jiffies, msecs_to_jiffies, timer_deadline, usecs_to_jiffies
+from .jiffies import jiffies, msecs_to_jiffies, usecs_to_jiffies
 from .seq import after, before, seq_sub
 from .skbuff import TCPCB_EVER_RETRANS, TCPCB_LOST, TCPCB_SACKED_ACKED, TCPCB_SACKED_RETRANS
-from .stream import tcp_check_space
 from .tcp_output import (
     TCP_RTO_MAX, TCPOPT_MSS, TCPOPT_SACK, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP, TCPOPT_WINDOW,
-    inet_csk_clear_xmit_timer, tcp_current_mss, tcp_data_snd_check, tcp_mtu_to_mss,
-    tcp_probe0_when, tcp_rearm_rto, tcp_reset_xmit_timer, tcp_send_ack, tcp_send_delayed_ack,
+    inet_csk_clear_xmit_timer, tcp_data_snd_check, tcp_probe0_when, tcp_reset_xmit_timer, tcp_send_ack, tcp_send_delayed_ack,
     tcp_sync_mss,
 )
 
@@ -332,7 +330,6 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
         q.popleft()
         tp.tsorted.pop(skb, None)
         tp.wmem_queued -= skb.truesize
-        tp.queue_shrunk = True
     if tp.packets_out < 0 or tp.retrans_out < 0 or tp.lost_out < 0 or tp.sacked_out < 0:
         tp.host.mib["SendlabAccountingRepairs"] += 1
         tp.packets_out = max(tp.packets_out, 0)
@@ -806,7 +803,6 @@ def tcp_init_transfer(tp, now: float) -> None:
     tp.rcvq_space = min(tp.rcv_wnd, 10 * tp.advmss)
     tp.rcvq_seq = tp.copied_seq
     tp.rcvq_time = now
-    tp.established_at = now
     tcp_update_pacing_rate(tp)
     tp.lsndtime = jiffies(now)
 

@@ -18,8 +18,7 @@ from .jiffies import TICK_S, usecs_to_jiffies
 from .seq import after, before, seq_sub
 from .skbuff import TCPCB_EVER_RETRANS, TCPCB_LOST, TCPCB_SACKED_ACKED, TCPCB_SACKED_RETRANS
 from .tcp_output import (
-    tcp_current_mss, tcp_fragment_rtx, tcp_rearm_rto, tcp_reset_xmit_timer, tcp_retransmit_skb,
-    tcp_skb_seglen, tcp_write_xmit, tcp_xmit_retransmit_queue,
+    tcp_current_mss, tcp_fragment_rtx, tcp_rearm_rto, tcp_reset_xmit_timer, tcp_skb_seglen, tcp_write_xmit, tcp_xmit_retransmit_queue,
 )
 
 FLAG_DATA_SACKED = 0x20

@@ -439,13 +439,12 @@ class ScriptRunner:
         if self.pending is None:
             return
         ev, op, post = self.pending
-        host = self.host
-        if op.sock.tp in host.woken or True:
-            if op.step(self.now):
-                self.pending = None
-                host.woken.discard(op.sock.tp)
-                self._collect()
-                self._check_result(ev, op, post)
+        # Step it after every input or timer: cheap, and no wake-up can be missed.
+        if op.step(self.now):
+            self.pending = None
+            self.host.woken.discard(op.sock.tp)
+            self._collect()
+            self._check_result(ev, op, post)
 
     def _finish_pending(self, next_ev) -> None:
         if self.pending is None:
