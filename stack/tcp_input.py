@@ -7,7 +7,7 @@ scoreboard, fast retransmit, RACK/TLP) lives in tcp_recovery.py.
 from __future__ import annotations
 
 from .constants import (
-    ECONNREFUSED, ECONNRESET, ICSK_ACK_NOW, ICSK_ACK_PUSHED, ICSK_ACK_PUSHED2, ICSK_ACK_SCHED,
+    ECONNREFUSED, ECONNRESET, EPIPE, ICSK_ACK_NOW, ICSK_ACK_PUSHED, ICSK_ACK_PUSHED2, ICSK_ACK_SCHED,
     ICSK_TIME_PROBE0, RCV_SHUTDOWN, SEND_SHUTDOWN, TCP_ATO_MIN_MS,
     TCP_CA_Open, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED,
     TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_MAX_QUICKACKS, TCP_MAX_WSCALE,
@@ -678,7 +678,7 @@ def tcp_reset(tp, now: float) -> None:
     if tp.state == TCP_SYN_SENT:
         tp.sk_err = ECONNREFUSED
     elif tp.state == TCP_CLOSE_WAIT:
-        tp.sk_err = 32  # EPIPE
+        tp.sk_err = EPIPE
     elif tp.state != TCP_CLOSE:
         tp.sk_err = ECONNRESET
     tp.host.mib["TcpEstabResets"] += tp.state in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)

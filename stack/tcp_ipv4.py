@@ -8,7 +8,7 @@ keeping a separate request socket; what goes on the wire is the same.
 from __future__ import annotations
 
 from .constants import (
-    EADDRINUSE, EALREADY, EINPROGRESS, EINVAL, EISCONN, ICSK_TIME_RETRANS, TCP_CLOSE,
+    EADDRINUSE, EALREADY, EHOSTUNREACH, EMSGSIZE, EINPROGRESS, EINVAL, EISCONN, ICSK_TIME_RETRANS, TCP_CLOSE,
     TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, TCPHDR_ACK,
     TCPHDR_FIN, TCPHDR_RST, TCPHDR_SYN,
 )
@@ -210,7 +210,7 @@ def tcp_v4_err(host, err: IcmpError, now: float) -> None:
             return
     if host.tracer is not None:
         host.tracer.icmp(tp, err, now, "soft_error")
-    tp.sk_err_soft = 113  # EHOSTUNREACH: remembered in case the connection times out
+    tp.sk_err_soft = EHOSTUNREACH  # remembered in case the connection times out
 
 
 def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
@@ -220,7 +220,7 @@ def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
     if mtu is None:
         return
     if tp.mtu_info < mtu and not tp.host.route_locked(tp.daddr):
-        tp.sk_err_soft = 90   # EMSGSIZE: only while DF is still set
+        tp.sk_err_soft = EMSGSIZE  # only while DF is still set
     if tp.pmtu_cookie > mtu:
         tcp_sync_mss(tp, mtu)
         if tp.host.tracer is not None:

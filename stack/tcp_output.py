@@ -12,7 +12,7 @@ from .constants import (
     IP_HEADER_LEN, MAX_TCP_HEADER, TCP_CA_CWR, TCP_CA_Loss, TCP_CA_Recovery,
     TCP_CLOSE,
     TCP_DELACK_MAX_MS, TCP_DELACK_MIN_MS, TCP_HEADER_LEN, TCP_MSS_DEFAULT,
-    TCP_NAGLE_CORK, TCP_NAGLE_PUSH, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MAX_MS,
+    TCP_NAGLE_CORK, TCP_NAGLE_OFF, TCP_NAGLE_PUSH, TCP_RESOURCE_PROBE_INTERVAL_MS, TCP_RTO_MAX_MS,
     TCPHDR_ACK, TCPHDR_FIN, TCPHDR_PSH, TCPHDR_RST, TCPHDR_SYN,
 )
 from .jiffies import jiffies, msecs_to_jiffies, timer_deadline, usecs_to_jiffies, TICK_S
@@ -743,10 +743,8 @@ def tcp_send_fin(tp, now: float) -> None:
         tp.write_queue.append(skb)
         tp.wmem_queued += skb.truesize
     tp.write_seq = (tp.write_seq + 1) & 0xFFFFFFFF
-    __tcp_push_pending_frames(tp, tcp_current_mss(tp), TCP_NAGLE_OFF_PUSH, now)
+    __tcp_push_pending_frames(tp, tcp_current_mss(tp), TCP_NAGLE_OFF, now)
 
-
-TCP_NAGLE_OFF_PUSH = 1  # TCP_NAGLE_OFF: tcp_send_fin pushes with Nagle off
 
 
 def tcp_send_active_reset(tp, now: float) -> None:

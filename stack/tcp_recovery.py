@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .constants import (
     ICSK_TIME_LOSS_PROBE, ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_CA_CWR, TCP_CA_Disorder,
-    TCP_CA_Loss, TCP_CA_Open, TCP_CA_Recovery, TCP_SYN_SENT,
+    TCP_CA_Loss, TCP_CA_Open, TCP_CA_Recovery, TCP_NAGLE_OFF, TCP_SYN_SENT,
 )
 from .jiffies import TICK_S, usecs_to_jiffies
 from .seq import after, before, seq_sub
@@ -625,7 +625,7 @@ def tcp_send_loss_probe(tp, now: float) -> None:
     head = tp.send_head()
     if head is not None and _tcp_output.tcp_snd_wnd_test(tp, head, mss):
         pcount = tp.packets_out
-        tcp_write_xmit(tp, mss, 1, 2, now)   # TCP_NAGLE_OFF: what Nagle held is the probe
+        tcp_write_xmit(tp, mss, TCP_NAGLE_OFF, 2, now)   # what Nagle held is the probe
         if tp.packets_out > pcount:
             _probe_sent(tp, now)
         else:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..constants import (
     MSG_DONTWAIT, MSG_EOR, MSG_MORE, MSG_NOSIGNAL, MSG_OOB, MSG_PEEK, SO_KEEPALIVE, SO_RCVBUF,
     SO_REUSEADDR, SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CONGESTION, TCP_CORK, TCP_MAXSEG,
-    TCP_NODELAY, TCP_NOTSENT_LOWAT, TCPHDR_ACK, TCPHDR_CWR, TCPHDR_ECE, TCPHDR_FIN, TCPHDR_PSH,
+    TCP_LISTEN, TCP_NODELAY, TCP_NOTSENT_LOWAT, TCPHDR_ACK, TCPHDR_CWR, TCPHDR_ECE, TCPHDR_FIN, TCPHDR_PSH,
     TCPHDR_RST, TCPHDR_SYN, TCPHDR_URG,
 )
 from ..debug import flags_str
@@ -587,7 +587,7 @@ class ScriptRunner:
         sock = self._sock(ev.args[0], ev.line)
         request = self._sym(ev.args[1], ev.line)
         tp = sock.tp
-        if tp.state == 10:   # TCP_LISTEN
+        if tp.state == TCP_LISTEN:
             return self._done(-_errno.EINVAL)
         if request == _SYMBOLS["SIOCINQ"]:
             value = len(tp.receive_queue)
