@@ -40,7 +40,7 @@ repetitions: {reps}
 
 
 def _lab_module():
-    spec = importlib.util.spec_from_file_location("_lab", ROOT / "tests" / "test_workers.py")
+    spec = importlib.util.spec_from_file_location("_lab", ROOT / "tests" / "sshlab.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules["_lab"] = mod   # dataclasses look their module up there
     spec.loader.exec_module(mod)

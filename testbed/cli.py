@@ -22,6 +22,13 @@ def _cmd_run(args) -> int:
     except ConfigError as err:
         print(f"sendlab: {err}", file=sys.stderr)
         return 2
+    if args.workers and args.backend != "mininet":
+        print("sendlab: --workers splits a topology over machines with --backend mininet; a "
+              "sim run stays on this machine (a sweep's cells fan out with `sendlab sweep "
+              "--workers`)", file=sys.stderr)
+        return 2
+    if args.workers:
+        return _run_split(args, topo)
     if args.backend != "sim":
         return _run_emulated(args, topo)
     out = args.out or f"results/{topo.name}"
@@ -54,6 +61,36 @@ def _run_emulated(args, topo) -> int:
     print(format_table(summary))
     traces = ", trace_<flow>.jsonl per flow" if args.trace else ""
     print(f"sendlab: wrote {out}/summary.json{traces} and one pcap per link")
+    return 0
+
+
+def _run_split(args, topo) -> int:
+    """``--backend mininet --workers FILE``: the topology split over SSH workers."""
+    from .remote import RemoteError
+    from .run import format_table
+    from .split import UnderlayMtuError
+    from .split_run import run_split
+    from .emulate import EmulationError
+    from .yaml_errors import ConfigError
+    out = args.out or f"results/{topo.name}"
+    try:
+        summary = run_split(topo, args.topology, args.set or [], args.workers, out,
+                            seed=args.seed, trace=args.trace,
+                            accept_new=args.accept_new_host_keys,
+                            say=lambda m: print(f"sendlab: {m}", file=sys.stderr))
+    except ConfigError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 2
+    except UnderlayMtuError as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 2
+    except (EmulationError, RemoteError) as err:
+        print(f"sendlab: {err}", file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    traces = ", trace_<flow>.jsonl per flow" if args.trace else ""
+    print(f"sendlab: wrote {out}/summary.json{traces}, one pcap per link and each worker's "
+          f"files under {out}/parts/")
     return 0
 
 
@@ -143,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true",
                    help="write each flow's send-path decision trace (trace_<flow>.jsonl) and "
                         "held_s_by_reason in summary.json")
+    p.add_argument("--workers", metavar="FILE",
+                   help="with --backend mininet: split the topology over the SSH workers this "
+                        "YAML file lists (the topology's placement, completed to cut few "
+                        "links; crossing links become VXLAN tunnels)")
+    p.add_argument("--accept-new-host-keys", action="store_true",
+                   help="with --workers: add unknown worker host keys to known_hosts (changed "
+                        "keys are always refused)")
     p.set_defaults(fn=_cmd_run)
 
     p = sub.add_parser("clean", help="remove the leftovers of killed emulated runs (by their "

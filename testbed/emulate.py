@@ -28,6 +28,14 @@ pieces, per run:
   shaper also writes the link's pcap. Unshaped links are captured with tcpdump.
   ``summary.json`` says per link direction which mechanism shaped it (``shaping``).
 
+With ``part`` (``testbed.split.part_spec``), one worker's share of a topology split across
+machines is built: its nodes, the links between them, and for each link that crosses to
+another worker a middle namespace where the link's VXLAN device (made in this process's
+namespace, where the underlay is, then moved in) stands for the far end, bridged to the
+node's veth or behind a shaper for the direction leaving here. ``testbed.remote_part`` drives
+such a part step by step (``start_agents``, ``go``, ``stop_agents``) for
+``testbed.split_run``.
+
 The run writes ``DIR/summary.json`` (the sim's fields, ``backend: "mininet"``),
 ``DIR/pcaps/link<N>_<a>-<b>.pcap`` per link, ``DIR/controller.log`` and ``DIR/logs/``; with
 ``trace``, ``DIR/trace_<flow>.jsonl`` per flow and ``held_s_by_reason`` in its summary: the
@@ -281,7 +289,8 @@ class _LinkBuild:
     ns_b: object
     shaping: str                    # "shaper" | "netem" | "none"
     pcap: str
-    mid: object = None              # the shaper's namespace
+    mid: object = None              # the shaper's namespace (a crossing link's bridge's too)
+    local: str | None = None        # a link crossing to another worker: the end built here
     proc: _Proc | None = None       # the shaper
     tcpdump: subprocess.Popen | None = None
     stats: dict = field(default_factory=dict)
@@ -291,9 +300,14 @@ class EmulatedNetwork:
     """One run's network: build, run the traffic, tear down (a context manager)."""
 
     def __init__(self, topo: Topology, out_dir: str | Path, *, seed: int | None = None,
-                 options: EmuOptions | None = None, trace: bool = False) -> None:
+                 options: EmuOptions | None = None, trace: bool = False,
+                 part: dict | None = None) -> None:
+        """``part``: build only one worker's share (``testbed.split.part_spec``): its nodes,
+        the links between them, and an end of a VXLAN tunnel for each link that crosses."""
         require_backend(topo, "mininet")
         self.trace = trace
+        self.part = part
+        self.here = set(part["nodes"]) if part else set(topo.nodes)
         self.topo = topo
         self.seed = topo.seed if seed is None else seed
         self.opts = options or EmuOptions()
@@ -315,9 +329,12 @@ class EmulatedNetwork:
         self.mechanism = "none"
         self.t0: float | None = None
         self.t0_wall: float | None = None   # the wall-clock time of T0 (pcap timestamps)
+        self.t0_wall_of: dict[str, float] = {}  # per host, when parts on several machines ran
+        self.run_prefix: str | None = None
         self.timings: dict[str, float] = {}
         self._t_build = 0.0
         self._closed = False
+        self._jobs: dict[str, dict] = {}
 
     # --- names -------------------------------------------------------------------------
 
@@ -329,22 +346,30 @@ class EmulatedNetwork:
 
     # --- building ------------------------------------------------------------------------
 
+    def _links_here(self) -> list[int]:
+        if self.part is None:
+            return list(range(len(self.topo.links)))
+        return list(self.part["links"])
+
     def build(self) -> None:
         self._t_build = t_start = time.monotonic()
-        reason = available(self.topo)
+        routers = [r for r in self.topo.routers if r in self.here]
+        reason = available(self.topo if routers else None) if self.part else available(self.topo)
         if reason:
             raise EmulationError(f"the emulated backend cannot run here: {reason}")
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "logs").mkdir(exist_ok=True)
         (self.out / "pcaps").mkdir(exist_ok=True)
         self.run = netns_mod.NetnsRun()
-        prefix = self.run.prefix
+        prefix = self.run_prefix = self.run.prefix
         self.workdir = tempfile.mkdtemp(prefix=f"sendlab-emu-{prefix}-")
         self.record_path = os.path.join(tempfile.gettempdir(), f"sendlab-emu-{prefix}.json")
         self._save_record()
         for name in self.topo.hosts:
-            self.ns[name] = self.run.add_namespace(name)
-        if self.topo.routers or self.topo.switches:
+            if name in self.here:
+                self.ns[name] = self.run.add_namespace(name)
+        switches = [s for s in self.topo.switches if s in self.here]
+        if routers or switches:
             # "_" cannot start a node name: no host's namespace can take these names.
             self.core = self.run.add_namespace("_core")
         probe_ns = self.core or next(iter(self.ns.values()))
@@ -357,16 +382,18 @@ class EmulatedNetwork:
             self.mechanism = "netem"
         else:
             self.mechanism = "shaper"
-        if self.topo.routers:   # the controller boots while the rest is built
+        if routers:   # the controller boots while the rest is built
             self._start_ovs_and_controller()
-        for i in range(len(self.topo.links)):
+        for i in self._links_here():
             self._build_link(i)
-        for name in self.topo.switches:
+        for end in (self.part or {}).get("tunnels", []):
+            self._build_crossing(end)
+        for name in switches:
             self._build_switch(name)
-        for name, host in self.topo.hosts.items():
-            if host.stack == "linux":
+        for name in self.ns:
+            if self.topo.hosts[name].stack == "linux":
                 self._configure_kernel_host(name)
-        if self.topo.routers:
+        if routers:
             self._build_routers()
         self._start_captures()
         self.timings["build_s"] = round(time.monotonic() - t_start, 3)
@@ -436,6 +463,56 @@ class EmulatedNetwork:
                             *netem_args(p, limit)])
         self.links.append(lb)
 
+    def _build_crossing(self, end: dict) -> None:
+        """This worker's end of a link to another worker: the node's interface (a veth, as on
+        a local link) leads to a middle namespace where the link's VXLAN device stands in for
+        the far end. The direction leaving here is shaped here (the far worker shapes the
+        other), by a shaper between the two, or by netem on the node's interface; otherwise
+        a bridge joins them."""
+        i, near = int(end["link"]), end["node"]
+        link = self.topo.links[i]
+        far = link.other(near)
+        a, b = link.ends
+        shaping = self.mechanism if link_is_shaped(self.topo, i) else "none"
+        mid = self.run.add_namespace(f"_l{i}")
+        big = int(end["mtu"])
+        ifname, ns = end["ifname"], self._ns_of(near)
+        self._veth(ns, ifname, self.mac(near, i), self.topo.shape(i, near).mtu,
+                   mid, f"to-{near}", None, big)
+        self._tunnel_device(end, mid, f"to-{far}")
+        if shaping != "shaper":
+            mid.run(["ip", "link", "add", "name", "br", "type", "bridge", "stp_state", "0"])
+            mid.disable_ipv6("br")
+            for port in (f"to-{near}", f"to-{far}"):
+                mid.run(["ip", "link", "set", "dev", port, "master", "br"])
+            mid.run(["ip", "link", "set", "dev", "br", "up"])
+        if shaping == "netem":
+            p = direction_params(self.topo, i, near, self.seed)
+            limit = max(1, (p["queue_bytes"] or 1000 * QUEUE_PACKET_BYTES) // QUEUE_PACKET_BYTES)
+            ns.run(["tc", "qdisc", "replace", "dev", ifname, "root", *netem_args(p, limit)])
+        pcap = str(self.out / "pcaps" / f"link{i}_{a}-{b}.pcap")
+        ends = {near: (ns, ifname), far: (None, None)}
+        self.links.append(_LinkBuild(i, a, b, ends[a][1], ends[b][1], ends[a][0], ends[b][0],
+                                     shaping, pcap, mid=mid, local=near))
+
+    def _tunnel_device(self, end: dict, ns, name: str) -> None:
+        """The VXLAN device of ``end``, made where the underlay is (this process's namespace,
+        so its UDP socket stays there) and moved into ``ns`` as ``name``."""
+        from .split import TunnelEnd
+        te = TunnelEnd(**{k: v for k, v in end.items() if k != "link"})
+        add, set_mtu, _up = te.commands()
+        netns_mod.run_here(add)
+        self.run.adopt_link(te.device)
+        res = netns_mod.run_here(set_mtu, check=False)
+        if res.returncode != 0:
+            raise EmulationError(f"the VXLAN device of links[{end['link']}] cannot take MTU "
+                                 f"{te.mtu} over {te.underlay_dev}: {res.stderr.strip()} (the "
+                                 f"underlay must carry the link's MTU + 50 bytes)")
+        netns_mod.run_here(["ip", "link", "set", "dev", te.device, "netns", ns.name])
+        ns.run(["ip", "link", "set", "dev", te.device, "name", name])
+        ns.disable_ipv6(name)
+        ns.run(["ip", "link", "set", "dev", name, "up"])
+
     def _build_switch(self, name: str) -> None:
         br = f"br-{name}"
         core = self.core
@@ -489,6 +566,8 @@ class EmulatedNetwork:
     def controller_config(self) -> dict:
         routers = []
         for k, (name, cfg) in enumerate(self.topo.routers.items()):
+            if name not in self.here:
+                continue
             ports = {}
             for iface in self.plan.interfaces[name]:
                 if iface.addr is None:
@@ -533,6 +612,8 @@ class EmulatedNetwork:
         from controller import rest
         bridges = []
         for k, name in enumerate(self.topo.routers):
+            if name not in self.here:
+                continue
             br = f"{self.run.prefix}-{name}"
             self.ovs.add_bridge(br, dpid=k + 1)   # fail_mode secure: drops until programmed
             for iface in self.plan.interfaces[name]:
@@ -588,9 +669,8 @@ class EmulatedNetwork:
                 job = {"if_a": f"to-{lb.a}", "if_b": f"to-{lb.b}", "a": lb.a, "b": lb.b,
                        "pcap": lb.pcap, "stats": stats,
                        "spin_us": self.opts.spin_us,
-                       "directions": {
-                           "a>b": direction_params(self.topo, lb.index, lb.a, self.seed),
-                           "b>a": direction_params(self.topo, lb.index, lb.b, self.seed)}}
+                       "directions": {"a>b": self._shaped_here(lb, lb.a),
+                                      "b>a": self._shaped_here(lb, lb.b)}}
                 path = os.path.join(self.workdir, f"shaper{lb.index}.job.json")
                 with open(path, "w") as f:
                     json.dump(job, f, indent=1)
@@ -608,16 +688,26 @@ class EmulatedNetwork:
             log_path = self.out / "logs" / f"tcpdump-link{lb.index}.log"
             while b"listening on" not in log_path.read_bytes():
                 if lb.tcpdump.poll() is not None or time.monotonic() > deadline:
-                    raise EmulationError(f"tcpdump on {lb.if_a} did not start: "
+                    raise EmulationError(f"tcpdump on link{lb.index} did not start: "
                                          f"{log_path.read_text()[-500:]}")
                 time.sleep(0.01)
 
+    def _shaped_here(self, lb: _LinkBuild, src: str) -> dict:
+        """The shaper's parameters for the direction leaving ``src``: the link's, unless
+        ``src`` is the far end of a crossing link (shaped on its own worker: passed as is)."""
+        params = direction_params(self.topo, lb.index, src, self.seed)
+        if lb.local is None or lb.local == src:
+            return params
+        return {"rate_bps": None, "delay_s": 0.0, "jitter_s": 0.0, "loss": None,
+                "queue_bytes": None, "seed": params["seed"], "mtu": params["mtu"]}
+
     def _start_tcpdump(self, lb: _LinkBuild) -> subprocess.Popen:
         log_path = self.out / "logs" / f"tcpdump-link{lb.index}.log"
+        ns, ifname = (lb.ns_b, lb.if_b) if lb.local == lb.b else (lb.ns_a, lb.if_a)
         with open(log_path, "wb") as logf:
             # --immediate-mode: a frame is written as it comes, not when a 1 s block fills
             # (a short run would end with the block unread); -Z root: files stay root's.
-            p = lb.ns_a.popen(["tcpdump", "-i", lb.if_a, "-n", "-s", "0", "-U", "--immediate-mode",
+            p = ns.popen(["tcpdump", "-i", ifname, "-n", "-s", "0", "-U", "--immediate-mode",
                                "-Z", "root", "-w", lb.pcap],
                               stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                               start_new_session=True)
@@ -674,8 +764,16 @@ class EmulatedNetwork:
 
     def run_traffic(self) -> dict:
         """Start the agents, run the flows, stop everything that runs; returns the summary."""
-        topo = self.topo
-        jobs = self.agent_jobs()
+        self.start_agents()
+        self.go(time.monotonic() + 0.05)
+        stopped_at = self.wait_done()
+        self.stop_agents()
+        return self.summary(stopped_at)
+
+    def start_agents(self) -> None:
+        """One agent per host built here, each told its flows; returns when all are ready."""
+        jobs = {h: j for h, j in self.agent_jobs().items() if h in self.ns}
+        self._jobs = jobs
         for host, job in jobs.items():
             path = os.path.join(self.workdir, f"agent-{host}.job.json")
             with open(path, "w") as f:
@@ -684,45 +782,69 @@ class EmulatedNetwork:
                             f"agent-{host}.log", stdio=True)
             self.agents[host] = _Proc(f"agent of {host}", p,
                                       str(self.out / "logs" / f"agent-{host}.log"))
-        agents = list(self.agents.values())
         t_start = time.monotonic()
-        _wait_for(agents, "ready", READY_TIMEOUT_S)
+        _wait_for(list(self.agents.values()), "ready", READY_TIMEOUT_S)
         self.timings["agents_ready_s"] = round(time.monotonic() - t_start, 3)
-        self.t0 = time.monotonic() + 0.05
+
+    def go(self, t0: float) -> None:
+        """Every agent starts its flows' clocks at ``t0`` (this machine's monotonic time)."""
+        self.t0 = t0
         self.t0_wall = time.time() - time.monotonic() + self.t0
-        for a in agents:
+        for a in self.agents.values():
             a.send(f"go {self.t0!r}")
-        deadline = self.t0 + topo.run.duration_s
+
+    def poll_agents(self, timeout_s: float) -> list[tuple[str, dict]]:
+        """(host, event) for what the agents said within ``timeout_s``; raises
+        :class:`EmulationError` if one exited during the run."""
+        live = [a for a in self.agents.values() if not a.closed]
+        if not live:
+            time.sleep(max(0.0, timeout_s))
+            return []
+        readable, _, _ = select.select(live, [], [], max(0.0, timeout_s))
+        out = []
+        for host, a in self.agents.items():
+            if a not in readable:
+                continue
+            out += [(host, ev) for ev in a.read_events()]
+            if a.closed and not a.has("exit"):
+                raise EmulationError(f"{a.name} exited during the run (status "
+                                     f"{a.p.wait(5)}):\n{a.log_tail()}")
+        return out
+
+    def wait_done(self) -> float:
+        """Until every sender is done (then receivers, for a grace) or the run's duration is
+        up; returns when it stopped, in seconds since T0."""
+        agents = list(self.agents.values())
+        deadline = self.t0 + self.topo.run.duration_s
         senders_done_at = None
         while True:
             now = time.monotonic()
-            live = [a for a in agents if not a.closed]
             if all(a.has("senders_done") for a in agents):
                 if senders_done_at is None:
                     senders_done_at = now
                 if all(a.has("receivers_done") for a in agents) or \
                         now - senders_done_at >= RECEIVER_GRACE_S:
                     break
-            if now >= deadline or not live:
+            if now >= deadline or all(a.closed for a in agents):
                 break
             wake = min(deadline, senders_done_at + RECEIVER_GRACE_S) if senders_done_at \
                 else deadline
-            readable, _, _ = select.select(live, [], [], max(0.0, wake - now))
-            for a in readable:
-                a.read_events()
-                if a.closed and not a.has("exit"):
-                    raise EmulationError(f"{a.name} exited during the run (status "
-                                         f"{a.p.wait(5)}):\n{a.log_tail()}")
+            self.poll_agents(wake - now)
         stopped_at = time.monotonic() - self.t0
         self.timings["traffic_s"] = round(stopped_at, 3)
+        return stopped_at
+
+    def stop_agents(self) -> None:
+        """Stop the agents and read their results, stop the captures, ask the routers for
+        their counters."""
         t_stop = time.monotonic()
-        for a in agents:
+        for a in self.agents.values():
             a.send("stop")
         for host, a in self.agents.items():
             if not a.stop(15):
                 raise EmulationError(f"{a.name} did not stop:\n{a.log_tail()}")
             try:
-                with open(jobs[host]["result"]) as f:
+                with open(self._jobs[host]["result"]) as f:
                     self.agent_results[host] = json.load(f)
             except (OSError, ValueError) as exc:
                 raise EmulationError(f"{a.name} wrote no results ({exc}):\n{a.log_tail()}")
@@ -732,7 +854,6 @@ class EmulatedNetwork:
             from controller import rest
             with contextlib.suppress(OSError, rest.RestError):
                 self.router_status = rest.request(self.rest_addr, "GET", "/routers", timeout=5)
-        return self.summary(stopped_at)
 
     def _stop_captures(self) -> None:
         for lb in self.links:
@@ -748,6 +869,8 @@ class EmulatedNetwork:
                     lb.tcpdump.wait(5)
             if lb.shaping == "netem":
                 for ns, ifname, src in ((lb.ns_a, lb.if_a, lb.a), (lb.ns_b, lb.if_b, lb.b)):
+                    if ns is None:   # the far end of a crossing link
+                        continue
                     res = ns.run(["tc", "-s", "qdisc", "show", "dev", ifname], check=False)
                     lb.stats[src] = _parse_tc_stats(res.stdout)
 
@@ -780,7 +903,7 @@ class EmulatedNetwork:
         return {"version": SUMMARY_VERSION, "topology": topo.name, "backend": "mininet",
                 "seed": self.seed, "end_s": round(end, 6), "flows": flows, "routers": routers,
                 "links": self._link_summary(),
-                "emulation": {"prefix": self.run.prefix, "shaping": self.mechanism,
+                "emulation": {"prefix": self.run_prefix, "shaping": self.mechanism,
                               "netem_probe": _NETEM.get("why") or None,
                               "vnet_hdr": self.opts.vnet_hdr, "timings": self.timings,
                               "hosts": {h: {k: r.get(k) for k in ("stack", "sysctls_applied",
@@ -853,7 +976,8 @@ class EmulatedNetwork:
         try:
             events = timeline_from_wire(lb.pcap, str(self.plan.addr(flow.from_)),
                                         snd.get("sport"), str(self.plan.addr(flow.to)),
-                                        spec.port, snd.get("writes", []), t0=self.t0_wall)
+                                        spec.port, snd.get("writes", []),
+                                        t0=self.t0_wall_of.get(flow.from_, self.t0_wall))
         except (OSError, ValueError) as exc:   # no capture, or no SYN of the flow in it
             log.warning("trace of %s: %s", spec.name, exc)
         write_jsonl(self.out / f"trace_{spec.name}.jsonl", events)

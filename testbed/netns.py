@@ -76,6 +76,11 @@ def _run(cmd: list, *, check: bool = True, timeout: float = 30) -> subprocess.Co
     return res
 
 
+def run_here(cmd: list, *, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a command in this process's own namespace (a worker's underlay is there)."""
+    return _run(cmd, check=check, timeout=timeout)
+
+
 def _child_main(ns_path: str, conn, fn, args, kwargs) -> None:
     """Body of a process started with Namespace.start: enter the namespace, run, report."""
     with open(ns_path) as f:
@@ -233,6 +238,12 @@ class NetnsRun:
             self._configure(ns, ifname, m, offloads, disable_ipv6, up)
         return Veth(a, a_if, b, b_if)
 
+    def adopt_link(self, name: str) -> None:
+        """Record a link made elsewhere (in this process's namespace) as this run's, so that
+        cleanup deletes it if it is still there."""
+        self.links.append(name)
+        self._save()
+
     def _configure(self, ns: Namespace, ifname: str, mtu: int, offloads: dict,
                    disable_ipv6: bool, up: bool) -> None:
         ns.run(["ip", "link", "set", "dev", ifname, "mtu", str(mtu)])
@@ -348,5 +359,5 @@ def _pid_in_namespaces(pid: int, names: list) -> bool:
     return False
 
 
-__all__ = ["NetnsRun", "Namespace", "Veth", "Child", "NetnsError", "available", "setns",
+__all__ = ["NetnsRun", "Namespace", "Veth", "Child", "NetnsError", "available", "setns", "run_here",
            "cleanup_record", "DEFAULT_OFFLOADS"]

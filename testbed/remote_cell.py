@@ -2,7 +2,7 @@
 
 The coordinator (:mod:`testbed.remote`) runs nothing on a worker but this module, started from
 the worker's sendlab checkout with every argument shell-quoted. Cells travel as data (JSON on
-the agent's standard input), never as words of a shell command. Three ways to run it:
+the agent's standard input), never as words of a shell command. Four ways to run it:
 
 ``--info``
     One JSON line: sendlab's version and commit, Python, kernel, whether we are root, and
@@ -20,6 +20,11 @@ the agent's standard input), never as words of a shell command. Three ways to ru
     When stdin closes (the coordinator went away, timed the cell out, or its connection
     broke) the agent kills the running cell, removes its directory and exits: a lost cell
     leaves nothing running behind on the worker.
+
+``--part WORK_DIR``
+    This worker's share of a topology split across machines, built with the emulated backend
+    and driven step by step by ``sendlab run --workers`` (protocol in
+    :mod:`testbed.remote_part`); it tears down when its stdin closes.
 
 ``CELL_JSON OUT_DIR``
     Run one cell described by a JSON file (the ``cell`` object above) into OUT_DIR, by hand.
@@ -344,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--info", action="store_true", help="print this worker's facts as JSON")
     parser.add_argument("--serve", metavar="WORK_DIR", help="run cells sent on stdin")
+    parser.add_argument("--part", metavar="WORK_DIR",
+                        help="build and run this worker's part of a split topology "
+                             "(testbed.remote_part)")
     parser.add_argument("cell_json", nargs="?", help="a cell description (JSON file)")
     parser.add_argument("out_dir", nargs="?", help="where summary.json and the pcaps go")
     args = parser.parse_args(argv)
@@ -355,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally: clean up
         return Agent(args.serve).serve()
+    if args.part:
+        from . import remote_part   # the emulated backend: loaded only where it is used
+        return remote_part.serve(args.part)
     if args.cell_json and args.out_dir:
         data = json.loads(Path(args.cell_json).read_text())
         out = Path(args.out_dir)

@@ -183,11 +183,14 @@ def vni_base_for(prefix: str) -> int:
     return (n % ((MAX_VNI + 1) // LINKS_PER_RUN - 1) + 1) * LINKS_PER_RUN
 
 
-def plan_vxlan(topo: Topology, part: Partition, underlays: dict[str, Underlay], *,
+def plan_vxlan(topo: Topology, part: Partition, underlays: dict, *,
                prefix: str = "sl0000", vni_base: int | None = None) -> list[Tunnel]:
     """A VXLAN tunnel per crossing link: device names ``<prefix>x<link>``, VNIs
     ``vni_base + link``; raises :class:`UnderlayMtuError` (every problem, one per line) when an
-    underlay MTU is below a crossing link's MTU + 50."""
+    underlay MTU is below a crossing link's MTU + 50.
+
+    ``underlays`` maps a worker to its :class:`Underlay`, or ``(worker, peer)`` to the one it
+    reaches that peer by (a machine may reach different peers over different devices)."""
     if not NODE_NAME_RE.match(prefix) or len(prefix) > 10:
         raise ValueError(f"{prefix!r} is not a run prefix like sl1a2b")
     base = vni_base_for(prefix) if vni_base is None else vni_base
@@ -202,10 +205,9 @@ def plan_vxlan(topo: Topology, part: Partition, underlays: dict[str, Underlay], 
         if not 1 <= vni <= MAX_VNI:
             raise ValueError(f"VNI {vni} is outside 1..{MAX_VNI}")
         need = c.mtu + VXLAN_OVERHEAD
+        (_, wa), (_, wb) = c.ends
         for node, worker in c.ends:
-            if worker not in underlays:
-                raise ValueError(f"no underlay given for worker {worker!r}")
-            u = underlays[worker]
+            u = _underlay(underlays, worker, wb if worker == wa else wa)
             if u.mtu < need:
                 problems.append(
                     f"links[{c.link}] ({c.label}) crosses from {c.ends[0][1]} to {c.ends[1][1]} "
@@ -216,7 +218,7 @@ def plan_vxlan(topo: Topology, part: Partition, underlays: dict[str, Underlay], 
                     f"link mtu: {u.mtu - VXLAN_OVERHEAD} or less")
         ends = []
         for (node, worker), (_, other) in zip(c.ends, reversed(c.ends)):
-            u, peer = underlays[worker], underlays[other]
+            u, peer = _underlay(underlays, worker, other), _underlay(underlays, other, worker)
             ends.append(TunnelEnd(worker=worker, node=node,
                                   ifname=plan.interface(node, c.link).name,
                                   device=f"{prefix}x{c.link}", vni=vni, local=u.address,
@@ -228,11 +230,19 @@ def plan_vxlan(topo: Topology, part: Partition, underlays: dict[str, Underlay], 
     return tunnels
 
 
+def _underlay(underlays: dict, worker: str, peer: str) -> Underlay:
+    u = underlays.get((worker, peer)) or underlays.get(worker)
+    if u is None:
+        raise ValueError(f"no underlay given for worker {worker!r}")
+    return u
+
+
 def part_spec(part: Partition, tunnels: Sequence[Tunnel], worker: str) -> dict:
     """What one worker builds, as JSON-able data (sent as data, never as a shell string)."""
     return {
         "worker": worker,
         "nodes": list(part.parts.get(worker, ())),
         "links": list(part.local_links.get(worker, ())),
-        "tunnels": [asdict(end) for t in tunnels for end in t.ends if end.worker == worker],
+        "tunnels": [{**asdict(end), "link": t.link}
+                    for t in tunnels for end in t.ends if end.worker == worker],
     }
