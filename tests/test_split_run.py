@@ -23,7 +23,7 @@ import dpkt
 import pytest
 
 from testbed import netns
-from testbed.emulate import available
+from testbed.emulate import available, interface_mac
 
 from sshlab import NO_LAB, ROOT, Lab
 
@@ -40,7 +40,7 @@ def emulation(fn):
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    lab = Lab(tmp_path_factory.mktemp("splitlab"), ["w1", "w2"], mtu=UNDERLAY_MTU)
+    lab = Lab(tmp_path_factory.mktemp("splitlab"), ["w1", "w2", "w3"], mtu=UNDERLAY_MTU)
     try:
         yield lab
     finally:
@@ -133,7 +133,7 @@ def test_a_link_split_over_two_workers_carries_full_sized_frames(up, tmp_path, r
     assert s["emulation"]["workers"]["w2"]["nodes"] == ["h2"]
     # The endpoints see the link's MTU: full 1500-byte IP packets cross the 1550-byte underlay.
     frames = _frames(out / "pcaps" / "link0_h1-h2.pcap")
-    h1, h2 = bytes.fromhex("025100000001"), bytes.fromhex("025100000101")
+    h1, h2 = (bytes.fromhex(interface_mac(0, end).replace(":", "")) for end in (0, 1))
     sizes = [len(f) for f in frames if f[6:12] == h1]
     assert max(sizes) == 1514, sorted(set(sizes))[-5:]
     assert any(f[6:12] == h2 for f in frames), "the merged pcap lacks h2's ACKs"
@@ -193,6 +193,37 @@ def test_pmtu_blackhole_split_without_probing_stalls_as_on_one_machine(up, tmp_p
     assert flow["stalled"] and not flow["completed"]
     assert s["routers"]["r2"]["dropped_oversize"] > 0
     assert s["routers"]["r2"]["icmp_frag_needed_sent"] == 0
+
+
+@emulation
+def test_dumbbell_over_three_workers_with_switch_ends_on_its_crossing_links(up, tmp_path):
+    """Senders and their switch on w1, the routers on w2, receivers and their switch on w3:
+    two tunnels, each with a switch at one end (frames from many MACs cross it)."""
+    topo = _topology(tmp_path, "dumbbell.yaml", {"s1": "w1", "r1": "w2", "r2": "w2",
+                                                 "s2": "w3"})
+    wf = up.workers_file(tmp_path / "workers.yaml", ["w1", "w2", "w3"])
+    out = tmp_path / "out"
+    rc, text = _run(up, ["run", str(topo), "--backend", "mininet", "--workers", str(wf),
+                         "--out", str(out), "--set", "traffic.0.bulk.bytes=300kB",
+                         "--set", "traffic.1.start_ms=0", "--set", "traffic.1.writes.count=50"])
+    assert rc == 0, text
+    s = json.loads((out / "summary.json").read_text())
+    workers = s["emulation"]["workers"]
+    assert workers["w1"]["nodes"] == ["h1", "h2", "s1"]     # placement completed by neighbours
+    assert workers["w3"]["nodes"] == ["h3", "h4", "s2"]
+    assert sorted(t["label"] for t in s["emulation"]["tunnels"]) == ["r2-s2", "s1-r1"]
+    assert len({t["vni"] for t in s["emulation"]["tunnels"]}) == 2
+    for flow in s["flows"]:
+        assert flow["completed"] and flow["intact"], flow
+    # The s1-r1 capture: what crossed from w1 (both senders' frames, through the switch) and
+    # what came back from r1, one file in time order.
+    frames = _frames(out / "pcaps" / "link2_s1-r1.pcap")
+    src = {f[6:12] for f in frames}
+    h1, h2, r1 = (bytes.fromhex(interface_mac(link, end).replace(":", ""))
+                  for link, end in ((0, 0), (1, 0), (2, 1)))
+    assert {h1, h2, r1} <= src, src
+    assert s["links"]["link2:s1>r1"]["delivered"] > 0
+    assert s["links"]["link2:r1>s1"]["delivered"] > 0
 
 
 @emulation
