@@ -131,6 +131,7 @@ class TcpSock:
         self.lost_out = 0
         self.high_seq = 0
         self.undo_marker = 0
+        self.frto = False           # F-RTO (RFC 5682) is judging the current RTO
         self.undo_retrans = 0
         self.delivered = 0
         self.lost = 0

@@ -4,8 +4,10 @@ state, tail loss probes and undo.
 The congestion-state machine follows tcp_fastretrans_alert() in tcp_input.c;
 RACK (RFC 8985) follows tcp_recovery.c; TLP follows tcp_schedule_loss_probe()
 and tcp_send_loss_probe() in tcp_output.c. Non-SACK peers get NewReno's
-duplicate-ACK counting (tcp_newreno_mark_lost). F-RTO and SACK reneging
-detection are not modelled: an RTO always takes the conventional path.
+duplicate-ACK counting (tcp_newreno_mark_lost). After an RTO, F-RTO (RFC 5682, SACK-enhanced,
+tcp_frto) sends new data when the retransmitted head is ACKed and undoes the timeout when data
+sent only once is then delivered (tcp_process_loss). SACK reneging is noticed at RTO time only
+(a SACKed head), not by the early ACK check of tcp_check_sack_reneging().
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .tcp_output import (
 FLAG_DATA_SACKED = 0x20
 FLAG_ECE = 0x40
 FLAG_LOST_RETRANS = 0x80
+FLAG_ORIG_SACK_ACKED = 0x200   # never-retransmitted data was (s)acked
 FLAG_SND_UNA_ADVANCED = 0x400
 FLAG_DSACKING_ACK = 0x800
 FLAG_SET_XMIT_TIMER = 0x1000
@@ -39,6 +42,7 @@ TCPCB_RETRANS = TCPCB_SACKED_RETRANS | TCPCB_EVER_RETRANS
 
 REXMIT_NONE = 0
 REXMIT_LOST = 1
+REXMIT_NEW = 2      # F-RTO: send new data rather than retransmit
 
 
 def tcp_is_sack(tp) -> bool:
@@ -127,13 +131,15 @@ def _sacktag_block(tp, start: int, end: int, state: dict, now: float) -> int:
                 break
             if cut < len(skb.data):
                 tcp_fragment_rtx(tp, skb, cut, mss)
-        _sacktag_one(tp, skb, state, now)
-        flag |= FLAG_DATA_SACKED
+        flag |= _sacktag_one(tp, skb, state, now) | FLAG_DATA_SACKED
         i += 1
     return flag
 
 
-def _sacktag_one(tp, skb, state: dict, now: float) -> None:
+def _sacktag_one(tp, skb, state: dict, now: float) -> int:
+    """Mark one skb SACKed; FLAG_ORIG_SACK_ACKED when it was never retransmitted and lies
+    below high_seq (what tells F-RTO that an RTO was spurious)."""
+    flag = 0
     pcount = skb.pcount or 1
     sacked = skb.sacked
     if sacked & TCPCB_SACKED_RETRANS:
@@ -141,6 +147,8 @@ def _sacktag_one(tp, skb, state: dict, now: float) -> None:
         tp.retrans_out -= pcount
     elif not sacked & TCPCB_RETRANS:
         state["rtt_us"] = int((now - skb.tstamp) * 1e6)
+        if not after(skb.end_seq, tp.high_seq):
+            flag = FLAG_ORIG_SACK_ACKED
     if sacked & TCPCB_LOST:
         skb.sacked &= ~TCPCB_LOST
         tp.lost_out -= pcount
@@ -151,6 +159,7 @@ def _sacktag_one(tp, skb, state: dict, now: float) -> None:
     tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
     if tp.highest_sack is None or after(skb.end_seq, tp.highest_sack):
         tp.highest_sack = skb.end_seq
+    return flag
 
 
 # --- RACK ----------------------------------------------------------------------------------
@@ -410,6 +419,11 @@ def tcp_try_undo_loss(tp, frto_undo: bool) -> bool:
     if frto_undo or tcp_may_undo(tp):
         tcp_undo_cwnd_reduction(tp, True)
         tp.retransmits = 0
+        if tp.snd_una == tp.high_seq and not tcp_is_sack(tp):
+            # NewReno: hold the state until something above high_seq is ACKed.
+            if not tcp_any_retrans_done(tp):
+                tp.retrans_stamp = 0
+            return True
         if frto_undo or tcp_is_sack(tp):
             tcp_set_ca_state(tp, TCP_CA_Open)
         return True
@@ -471,6 +485,7 @@ def tcp_timeout_mark_lost(tp, now: float) -> None:
 
 def tcp_enter_loss(tp, now: float) -> None:
     """RTO: presume lost what is unacknowledged; cwnd restarts from what is in flight + 1."""
+    new_recovery = tp.ca_state < TCP_CA_Recovery
     tcp_timeout_mark_lost(tp, now)
     if (tp.ca_state <= TCP_CA_Disorder or not after(tp.high_seq, tp.snd_una) or
             (tp.ca_state == TCP_CA_Loss and not tp.retransmits)):
@@ -487,20 +502,40 @@ def tcp_enter_loss(tp, now: float) -> None:
     tcp_set_ca_state(tp, TCP_CA_Loss)
     tp.high_seq = tp.snd_nxt
     tp.tlp_high_seq = 0
+    # F-RTO (RFC 5682 3.1 step 1) judges a first timeout, or one recurring on the same
+    # snd_una, but not one that ends a fast recovery, nor one lost to a path-MTU probe.
+    tp.frto = bool(tp.sysctl.tcp_frto) and (new_recovery or tp.retransmits > 0) and \
+        not tp.mtup_probe_size
 
 
-def tcp_process_loss(tp, flag: int, num_dupack: int) -> None:
+def tcp_process_loss(tp, flag: int, num_dupack: int) -> int:
+    """An ACK in CA_Loss: undo, F-RTO's verdict, or more retransmissions; returns rexmit."""
     recovered = not before(tp.snd_una, tp.high_seq)
     if flag & FLAG_SND_UNA_ADVANCED and tcp_try_undo_loss(tp, False):
-        return
+        return REXMIT_NONE
+    if tp.frto:
+        # Step 3.b: never-retransmitted data was delivered, so not everything was lost.
+        if flag & FLAG_ORIG_SACK_ACKED and tcp_try_undo_loss(tp, True):
+            return REXMIT_NONE
+        if after(tp.snd_nxt, tp.high_seq):
+            if flag & FLAG_DATA_SACKED or num_dupack:
+                tp.frto = False     # step 3.a: new data went out and the loss was real
+        elif flag & FLAG_SND_UNA_ADVANCED and not recovered:
+            # Step 2.b: the retransmission got through; probe with new data (after
+            # tcp_ack() has grown cwnd), or fall back to conventional recovery.
+            tp.high_seq = tp.snd_nxt
+            if tp.write_queue and after(tp.wnd_end(), tp.snd_nxt):
+                return REXMIT_NEW
+            tp.frto = False
     if recovered:
         tcp_try_undo_recovery(tp)
-        return
+        return REXMIT_NONE
     if not tcp_is_sack(tp):
         if after(tp.snd_nxt, tp.high_seq) and num_dupack:
             tcp_add_reno_sack(tp, num_dupack)
         elif flag & FLAG_SND_UNA_ADVANCED:
             tcp_reset_reno_sack(tp)
+    return REXMIT_LOST
 
 
 def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
@@ -532,10 +567,10 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
         flag = tcp_identify_packet_loss(tp, flag, now)
         return flag, REXMIT_LOST
     if state == TCP_CA_Loss:
-        tcp_process_loss(tp, flag, num_dupack)
+        rexmit = tcp_process_loss(tp, flag, num_dupack)
         flag = tcp_identify_packet_loss(tp, flag, now)
         if not (tp.ca_state == TCP_CA_Open or flag & FLAG_LOST_RETRANS):
-            return flag, REXMIT_LOST
+            return flag, rexmit
     if not tcp_is_sack(tp):
         if flag & FLAG_SND_UNA_ADVANCED:
             tcp_reset_reno_sack(tp)
@@ -560,6 +595,11 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
 def tcp_xmit_recovery(tp, rexmit: int, now: float) -> None:
     if rexmit == REXMIT_NONE or tp.state == TCP_SYN_SENT:
         return
+    if rexmit == REXMIT_NEW:
+        _tcp_output.__tcp_push_pending_frames(tp, tcp_current_mss(tp), TCP_NAGLE_OFF, now)
+        if after(tp.snd_nxt, tp.high_seq):
+            return
+        tp.frto = False
     tcp_xmit_retransmit_queue(tp, now)
 
 
