@@ -66,6 +66,19 @@ STATE_NAMES = {
 RCV_SHUTDOWN = 1
 SEND_SHUTDOWN = 2
 
+# poll() events (include/uapi/asm-generic/poll.h)
+POLLIN = 0x0001
+POLLPRI = 0x0002
+POLLOUT = 0x0004
+POLLERR = 0x0008
+POLLHUP = 0x0010
+POLLNVAL = 0x0020
+POLLRDNORM = 0x0040
+POLLRDBAND = 0x0080
+POLLWRNORM = 0x0100
+POLLWRBAND = 0x0200
+POLLRDHUP = 0x2000
+
 # Congestion-avoidance states.
 TCP_CA_Open = 0
 TCP_CA_Disorder = 1

@@ -13,10 +13,12 @@ import errno as _errno
 
 from .constants import (
     EAGAIN, EINPROGRESS, EINVAL, ENOTCONN, MSG_DONTWAIT, SOL_SOCKET, SOL_TCP, TCP_CLOSE,
-    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT,
+    TCP_CLOSE_WAIT, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_SENT, POLLERR, POLLHUP,
 )
 from .sock import TcpSock
-from .tcp import SendOp, getsockopt, setsockopt, tcp_close, tcp_recvmsg, tcp_sendmsg, tcp_shutdown
+from .tcp import (
+    SendOp, getsockopt, setsockopt, tcp_close, tcp_poll, tcp_recvmsg, tcp_sendmsg, tcp_shutdown,
+)
 from .tcp_ipv4 import inet_listen, tcp_v4_connect
 
 
@@ -131,6 +133,27 @@ class Immediate(Op):
         return self._finish(self.fn(now))
 
 
+class PollCall(Op):
+    """poll() over several sockets: done when one is ready for what it asks (errors and hang-ups
+    always count), or at ``deadline`` (None: never); the result is each socket's revents."""
+
+    __slots__ = ("entries", "deadline")
+
+    def __init__(self, entries: list, deadline: float | None) -> None:
+        super().__init__(entries[0][0] if entries else None)
+        self.entries = entries
+        self.deadline = deadline
+
+    def revents(self) -> list[int]:
+        return [tcp_poll(sock.tp) & (events | POLLERR | POLLHUP) for sock, events in self.entries]
+
+    def step(self, now: float) -> bool:
+        got = self.revents()
+        if any(got) or (self.deadline is not None and now >= self.deadline):
+            return self._finish(got)
+        return False
+
+
 class Socket:
     """A TCP socket of a sendlab host (SOCK_STREAM over IPv4)."""
 
@@ -159,6 +182,12 @@ class Socket:
 
     def accept(self) -> AcceptCall:
         return AcceptCall(self)
+
+    def poll(self, events: int, timeout_s: float | None = 0.0, now: float = 0.0) -> PollCall:
+        """Wait until the socket is ready for ``events`` (POLLIN, POLLOUT...) or ``timeout_s``
+        has passed (None: no limit); the result is ``[revents]``."""
+        deadline = None if timeout_s is None else now + timeout_s
+        return PollCall([(self, events)], deadline)
 
     # Calls that never wait.
     def bind(self, addr: tuple) -> Immediate:
@@ -205,5 +234,5 @@ class Socket:
         return self.tp.state == TCP_CLOSE
 
 
-__all__ = ["Socket", "Op", "SendCall", "RecvCall", "ConnectCall", "AcceptCall", "Immediate",
+__all__ = ["Socket", "Op", "PollCall", "SendCall", "RecvCall", "ConnectCall", "AcceptCall", "Immediate",
            "SOL_SOCKET", "SOL_TCP", "ENOTCONN", "TCP_CLOSE"]

@@ -15,10 +15,11 @@ from .constants import (
     TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CONGESTION, TCP_CORK, TCP_ESTABLISHED, TCP_FIN_WAIT1,
     TCP_LAST_ACK, TCP_LISTEN, TCP_MAXSEG, TCP_NAGLE_CORK, TCP_NAGLE_OFF, TCP_NAGLE_PUSH,
     TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_SYN_RECV, TCP_SYN_SENT, TCPHDR_ACK, TCPHDR_PSH,
+    POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM,
 )
 from .seq import after, seq_sub
 from .skbuff import SkBuff
-from .stream import sk_stream_memory_free, sk_stream_write_space
+from .stream import sk_stream_is_writeable, sk_stream_memory_free, sk_stream_write_space
 from .tcp_output import (
     __tcp_push_pending_frames, tcp_push_one, tcp_push_pending_frames,
     tcp_send_ack, tcp_send_active_reset, tcp_send_fin, tcp_send_mss, tcp_skb_can_collapse_to,
@@ -228,6 +229,33 @@ def _finish_error(tp, op: SendOp, err: int, now: float) -> SendOp:
     else:
         op.result = sk_stream_error(tp, op.flags, err)
     return op
+
+
+# --- poll ----------------------------------------------------------------------------------
+
+def tcp_poll(tp) -> int:
+    """The poll() mask of the socket (tcp_poll() in tcp.c): readable, writable, hung up."""
+    if tp.state == TCP_LISTEN:
+        return POLLIN | POLLRDNORM if tp.accept_queue else 0
+    mask = 0
+    if tp.shutdown == RCV_SHUTDOWN | SEND_SHUTDOWN or tp.state == TCP_CLOSE:
+        mask |= POLLHUP
+    if tp.shutdown & RCV_SHUTDOWN:
+        mask |= POLLIN | POLLRDNORM | POLLRDHUP
+    if tp.state not in (TCP_SYN_SENT, TCP_SYN_RECV):
+        if tp.receive_queue:      # SO_RCVLOWAT is 1: any unread byte makes it readable
+            mask |= POLLIN | POLLRDNORM
+        if tp.shutdown & SEND_SHUTDOWN:
+            mask |= POLLOUT | POLLWRNORM
+        elif sk_stream_is_writeable(tp):
+            mask |= POLLOUT | POLLWRNORM
+        else:
+            # Whoever polled wants to hear when space frees up (SOCK_NOSPACE): tcp_check_space()
+            # then expands sndbuf and wakes the writer.
+            tp.nospace = True
+    if tp.sk_err:
+        mask |= POLLERR
+    return mask
 
 
 # --- receive -------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stack.packetdrill import (
-    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr,
+    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PollFd, PollFdList,
     PacketdrillSyntaxError, QuotedTcp, Script, ShellCommand, String, Symbol,
     Syscall, TcpOpt, TcpPacket, TimeSpec, parse_file, parse_script,
 )
@@ -475,3 +475,17 @@ def test_parse_file_reports_invalid_utf8(tmp_path):
     with pytest.raises(PacketdrillSyntaxError) as info:
         parse_file(bad)
     assert info.value.line == 2 and info.value.path == str(bad)
+
+
+def test_poll_fd_array():
+    ev = event("+0...0.05 poll([{fd=4, events=POLLIN|POLLOUT, revents=POLLOUT}, "
+               "{fd=3, events=POLLIN, revents=0}], 2, 1000) = 1")
+    assert ev.name == "poll" and ev.result == 1 and ev.end_time == 0.05
+    assert ev.args == (PollFdList((PollFd(4, Symbol(("POLLIN", "POLLOUT")), Symbol(("POLLOUT",))),
+                                   PollFd(3, Symbol(("POLLIN",)), 0))), 2, 1000)
+
+
+def test_poll_fd_missing_revents_is_an_error_at_its_line():
+    err = syntax_error("0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n"
+                       "+0 poll([{fd=3, events=POLLIN}], 1, 0) = 0\n")
+    assert err.line == 2 and "revents" in err.message

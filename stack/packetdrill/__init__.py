@@ -15,6 +15,8 @@ from .parser import (
     IovecList,
     MsgHdr,
     PacketdrillSyntaxError,
+    PollFd,
+    PollFdList,
     QuotedTcp,
     Script,
     ShellCommand,
@@ -30,7 +32,7 @@ from .parser import (
 
 __all__ = [
     "AnyOptions", "Arg", "Elided", "Event", "IcmpPacket", "IntList",
-    "IovecList", "MsgHdr", "PacketdrillSyntaxError", "QuotedTcp", "Script",
+    "IovecList", "MsgHdr", "PacketdrillSyntaxError", "PollFd", "PollFdList", "QuotedTcp", "Script",
     "ShellCommand", "String", "Symbol", "Syscall", "TcpOpt", "TcpPacket",
     "TimeSpec", "parse_file", "parse_script",
 ]

@@ -18,7 +18,7 @@ from typing import Callable, NoReturn, Optional, Union
 
 __all__ = [
     "AnyOptions", "Arg", "Elided", "Event", "IcmpPacket", "IntList",
-    "IovecList", "MsgHdr", "PacketdrillSyntaxError", "QuotedTcp", "Script",
+    "IovecList", "MsgHdr", "PacketdrillSyntaxError", "PollFd", "PollFdList", "QuotedTcp", "Script",
     "ShellCommand", "String", "Symbol", "Syscall", "TcpOpt", "TcpPacket",
     "TimeSpec", "parse_file", "parse_script",
 ]
@@ -115,11 +115,26 @@ class MsgHdr:
 
 
 @dataclass(frozen=True, slots=True)
+class PollFd:
+    """One `{fd=4, events=POLLOUT, revents=POLLOUT}` of poll()'s array; a field given as a
+    number or as symbols OR-ed together."""
+    fd: Union[int, Symbol]
+    events: Union[int, Symbol]
+    revents: Union[int, Symbol]
+
+
+@dataclass(frozen=True, slots=True)
+class PollFdList:
+    """poll()'s `[{fd=..., events=..., revents=...}, ...]`."""
+    fds: tuple[PollFd, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class String:
     value: str
 
 
-Arg = Union[type, int, Symbol, IntList, IovecList, MsgHdr, String]
+Arg = Union[type, int, Symbol, IntList, IovecList, MsgHdr, PollFdList, String]
 
 
 @dataclass(frozen=True, slots=True)
@@ -762,16 +777,32 @@ class _Parser:
                         "are not supported")
         return String("".join(parts))
 
-    def _list(self) -> Union[IntList, IovecList]:
+    def _list(self) -> Union[IntList, IovecList, PollFdList]:
         opener = self._next()
         if self._accept("]"):
             return IntList(())
+        if self._is("{") and self._peek(1).text == "fd":
+            return PollFdList(tuple(self._sequence(self._pollfd, opener, "]")))
         if self._is("{"):
             return IovecList(tuple(self._sequence(self._iovec, opener, "]")))
         return IntList(tuple(self._sequence(self._list_int, opener, "]")))
 
     def _list_int(self) -> int:
         return self._int("list element", -(2**63), 2**64 - 1, ("int", "hex"))
+
+    def _pollfd(self) -> PollFd:
+        opener = self._expect("{", "'{' starting a pollfd {fd=N, events=E, revents=R}")
+        fields = {}
+        for k, name in enumerate(("fd", "events", "revents")):
+            if k:
+                self._expect(",", f"',' before {name} in a pollfd")
+            self._expect(name, f"{name!r} in a pollfd {{fd=N, events=E, revents=R}}")
+            self._expect("=", f"'=' after {name}")
+            tok = self._peek()
+            fields[name] = self._symbol() if tok.kind == "word" else self._int(
+                name, 0, 2**32 - 1, ("int", "hex"))
+        self._close(opener, "}")
+        return PollFd(**fields)
 
     def _iovec(self) -> int:
         opener = self._expect("{", "'{' starting an iovec {..., length}")

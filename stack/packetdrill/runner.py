@@ -17,7 +17,8 @@ from ..constants import (
     MSG_DONTWAIT, MSG_EOR, MSG_MORE, MSG_NOSIGNAL, MSG_OOB, MSG_PEEK, SO_KEEPALIVE, SO_RCVBUF,
     SO_REUSEADDR, SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CONGESTION, TCP_CORK, TCP_MAXSEG,
     TCP_LISTEN, TCP_NODELAY, TCP_NOTSENT_LOWAT, TCPHDR_ACK, TCPHDR_CWR, TCPHDR_ECE, TCPHDR_FIN, TCPHDR_PSH,
-    TCPHDR_RST, TCPHDR_SYN, TCPHDR_URG,
+    TCPHDR_RST, TCPHDR_SYN, TCPHDR_URG, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
+    POLLRDBAND, POLLRDHUP, POLLRDNORM, POLLWRBAND, POLLWRNORM,
 )
 from ..debug import flags_str
 from ..host import Host
@@ -25,8 +26,8 @@ from ..segment import IcmpError, Segment
 from ..socket import Socket
 from ..sysctl import Sysctl, SysctlError
 from .parser import (
-    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PacketdrillSyntaxError, Script,
-    ShellCommand, String, Symbol, Syscall, TcpPacket, parse_file,
+    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PacketdrillSyntaxError,
+    PollFdList, Script, ShellCommand, String, Symbol, Syscall, TcpPacket, parse_file,
 )
 
 LOCAL_IP = "192.168.0.1"
@@ -68,7 +69,18 @@ _SYMBOLS = {
     "SOCK_STREAM": 1, "AF_INET": 2, "PF_INET": 2, "IPPROTO_IP": 0,
     "SIOCINQ": 0x541B, "FIONREAD": 0x541B, "SIOCOUTQ": 0x5411, "TIOCOUTQ": 0x5411,
     "SIOCOUTQNSD": 0x894B,
+    "POLLIN": POLLIN, "POLLPRI": POLLPRI, "POLLOUT": POLLOUT, "POLLERR": POLLERR,
+    "POLLHUP": POLLHUP, "POLLNVAL": POLLNVAL, "POLLRDNORM": POLLRDNORM,
+    "POLLRDBAND": POLLRDBAND, "POLLWRNORM": POLLWRNORM, "POLLWRBAND": POLLWRBAND,
+    "POLLRDHUP": POLLRDHUP,
 }
+
+
+def _poll_names(mask: int) -> str:
+    names = [n for n in ("POLLIN", "POLLPRI", "POLLOUT", "POLLERR", "POLLHUP", "POLLNVAL",
+                         "POLLRDNORM", "POLLRDBAND", "POLLWRNORM", "POLLWRBAND", "POLLRDHUP")
+             if mask & _SYMBOLS[n]]
+    return "|".join(names) or "0"
 
 
 class ScriptFailure(Exception):
@@ -175,6 +187,11 @@ class ScriptRunner:
         host = self.host
         while True:
             d = host.next_deadline()
+            wake = getattr(self.pending[1], "deadline", None) if self.pending else None
+            if wake is not None and wake <= t and (d is None or wake < d):
+                self.now = max(self.now, wake)   # a poll() timing out with nothing to do
+                self._poll_pending()
+                continue
             if d is None or d > t:
                 break
             self.now = max(self.now, d)
@@ -428,23 +445,26 @@ class ScriptRunner:
         if outcome is None:
             return
         op, post = outcome
+        # A blocking call's `...END` counts from where its own start did, whatever events
+        # come while it waits.
+        base = self.base_time if ev.time.kind == "relative" else 0.0
         if op.done or op.step(self.now):
             self._collect()
-            self._check_result(ev, op, post)
+            self._check_result(ev, op, post, base)
         else:
             self._collect()
-            self.pending = (ev, op, post)
+            self.pending = (ev, op, post, base)
 
     def _poll_pending(self) -> None:
         if self.pending is None:
             return
-        ev, op, post = self.pending
+        ev, op, post, base = self.pending
         # Step it after every input or timer: cheap, and no wake-up can be missed.
         if op.step(self.now):
             self.pending = None
             self.host.woken.discard(op.sock.tp)
             self._collect()
-            self._check_result(ev, op, post)
+            self._check_result(ev, op, post, base)
 
     def _finish_pending(self, next_ev) -> None:
         if self.pending is None:
@@ -453,9 +473,8 @@ class ScriptRunner:
         where = f"before line {next_ev.line}" if next_ev is not None else "by the end of the script"
         self._fail(ev.line, f"blocking {ev.name}() did not return {where}")
 
-    def _check_result(self, ev: Syscall, op, post) -> None:
+    def _check_result(self, ev: Syscall, op, post, base: float) -> None:
         if ev.end_time is not None:
-            base = self.base_time if ev.time.kind == "relative" else 0.0
             end = base + ev.end_time
             if abs(self.now - end) > max(self.tol_s, 0):
                 self._fail(ev.line, f"{ev.name}() returned at the wrong time",
@@ -576,6 +595,30 @@ class ScriptRunner:
         sock = self._sock(ev.args[0], ev.line)
         flags = self._sym(ev.args[3], ev.line) if len(ev.args) > 3 else 0
         return sock.recv(self._sym(ev.args[2], ev.line), flags), len
+
+    def _sys_poll(self, ev: Syscall):
+        """poll([{fd=N, events=E, revents=R}, ...], nfds, timeout_ms): ready sockets' count;
+        each revents must be what the script says. A timeout of -1 waits without limit."""
+        from ..socket import PollCall
+        if len(ev.args) != 3 or not isinstance(ev.args[0], PollFdList):
+            self._fail(ev.line, "poll() needs [{fd=N, events=E, revents=R}, ...], nfds, timeout")
+        fds = ev.args[0].fds
+        if self._sym(ev.args[1], ev.line) != len(fds):
+            self._fail(ev.line, f"poll(): nfds disagrees with the {len(fds)} pollfds listed")
+        timeout_ms = self._sym(ev.args[2], ev.line)
+        if timeout_ms >= 2**63:   # -1 parsed as unsigned
+            timeout_ms -= 2**64
+        entries = [(self._sock(p.fd, ev.line), self._sym(p.events, ev.line)) for p in fds]
+        want = [self._sym(p.revents, ev.line) for p in fds]
+        deadline = None if timeout_ms < 0 else self.now + timeout_ms / 1000.0
+
+        def post(revents: list) -> int:
+            if revents != want:
+                names = ", ".join(_poll_names(r) for r in revents)
+                self._fail(ev.line, "poll() returned the wrong revents",
+                           expected=", ".join(_poll_names(r) for r in want), actual=names)
+            return sum(1 for r in revents if r)
+        return PollCall(entries, deadline), post
 
     def _sys_shutdown(self, ev: Syscall):
         sock = self._sock(ev.args[0], ev.line)
