@@ -29,6 +29,17 @@ MSG_MORE = 0x8000
 SOL_SOCKET = 1
 SOL_TCP = 6
 IPPROTO_TCP = 6
+IPPROTO_IP = 0
+
+# IP-level socket options and IP_MTU_DISCOVER's values (include/uapi/linux/in.h)
+IP_MTU_DISCOVER = 10
+IP_MTU = 14
+IP_PMTUDISC_DONT = 0        # never set DF
+IP_PMTUDISC_WANT = 1        # DF unless the route's MTU is locked (the default)
+IP_PMTUDISC_DO = 2          # always DF
+IP_PMTUDISC_PROBE = 3       # DF, and ignore the path MTU
+IP_PMTUDISC_INTERFACE = 4   # the device's MTU only, no DF
+IP_PMTUDISC_OMIT = 5        # as INTERFACE, but fragment on a smaller path MTU
 SO_REUSEADDR = 2
 SO_SNDBUF = 7
 SO_RCVBUF = 8

@@ -11,7 +11,7 @@ from collections import deque
 
 from .constants import (
     TCP_CA_Open, TCP_CLOSE, TCP_INFINITE_SSTHRESH, TCP_INIT_CWND, TCP_MSS_DEFAULT,
-    TCP_TIMEOUT_INIT_MS, TCP_RTO_MIN_MS,
+    TCP_TIMEOUT_INIT_MS, TCP_RTO_MIN_MS, IP_PMTUDISC_DONT, IP_PMTUDISC_WANT,
 )
 from .jiffies import msecs_to_jiffies
 
@@ -75,6 +75,8 @@ class TcpSock:
         self.ext_header_len = 0
         self.gso_segs = 0           # tp->gso_segs cached by tcp_xmit_size_goal
         self.mtu_info = 0
+        # IP_MTU_DISCOVER (inet->pmtudisc): ip_no_pmtu_disc makes new sockets never set DF.
+        self.pmtudisc = IP_PMTUDISC_DONT if host.sysctl.ip_no_pmtu_disc else IP_PMTUDISC_WANT
         # Path-MTU probing (icsk_mtup); filled by tcp_mtup_init.
         self.mtup_enabled = False
         self.mtup_probe_size = 0

@@ -15,7 +15,8 @@ from .constants import (
     TCP_CLOSE, TCP_CLOSE_WAIT, TCP_CONGESTION, TCP_CORK, TCP_ESTABLISHED, TCP_FIN_WAIT1,
     TCP_LAST_ACK, TCP_LISTEN, TCP_MAXSEG, TCP_NAGLE_CORK, TCP_NAGLE_OFF, TCP_NAGLE_PUSH,
     TCP_NODELAY, TCP_NOTSENT_LOWAT, TCP_SYN_RECV, TCP_SYN_SENT, TCPHDR_ACK, TCPHDR_PSH,
-    POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM,
+    POLLERR, POLLHUP, POLLIN, POLLOUT, POLLRDHUP, POLLRDNORM, POLLWRNORM, IPPROTO_IP,
+    IP_MTU, IP_MTU_DISCOVER, IP_PMTUDISC_DONT, IP_PMTUDISC_OMIT,
 )
 from .seq import after, seq_sub
 from .skbuff import SkBuff
@@ -408,6 +409,8 @@ def setsockopt(tp, level: int, optname: int, value, now: float) -> int:
         tp.host.tracer.call(tp, "setsockopt", now, level=level, opt=optname, value=value)
     if level == SOL_SOCKET:
         return _sock_setsockopt(tp, optname, value)
+    if level == IPPROTO_IP:
+        return _ip_setsockopt(tp, optname, value)
     if level not in (SOL_TCP, IPPROTO_TCP):
         return -ENOPROTOOPT
     if optname == TCP_CONGESTION:
@@ -426,6 +429,16 @@ def setsockopt(tp, level: int, optname: int, value, now: float) -> int:
         sk_stream_write_space(tp)
     else:
         return -ENOPROTOOPT
+    return 0
+
+
+def _ip_setsockopt(tp, optname: int, value) -> int:
+    if optname != IP_MTU_DISCOVER:
+        return -ENOPROTOOPT   # IP_MTU among them: it can only be read
+    val = int(value)
+    if not IP_PMTUDISC_DONT <= val <= IP_PMTUDISC_OMIT:
+        return -EINVAL
+    tp.pmtudisc = val
     return 0
 
 
@@ -463,6 +476,15 @@ def getsockopt(tp, level: int, optname: int):
             return int(tp.reuseaddr)
         if optname == SO_KEEPALIVE:
             return 0
+        return -ENOPROTOOPT
+    if level == IPPROTO_IP:
+        if optname == IP_MTU_DISCOVER:
+            return tp.pmtudisc
+        if optname == IP_MTU:
+            # The MTU of the socket's route, which only a connected (or connecting) socket has.
+            if tp.state in (TCP_CLOSE, TCP_LISTEN) or not tp.daddr:
+                return -ENOTCONN
+            return tp.host.route_mtu(tp.daddr)
         return -ENOPROTOOPT
     if optname == TCP_NODELAY:
         return int(bool(tp.nonagle & TCP_NAGLE_OFF))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from .constants import (
     EADDRINUSE, EALREADY, EHOSTUNREACH, EMSGSIZE, EINPROGRESS, EINVAL, EISCONN, ICSK_TIME_RETRANS, TCP_CLOSE,
     TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, TCPHDR_ACK,
-    TCPHDR_FIN, TCPHDR_RST, TCPHDR_SYN,
+    TCPHDR_FIN, TCPHDR_RST, TCPHDR_SYN, IP_PMTUDISC_DO, IP_PMTUDISC_DONT, IP_PMTUDISC_INTERFACE,
+    IP_PMTUDISC_OMIT, IP_PMTUDISC_PROBE, IP_PMTUDISC_WANT,
 )
 from .segment import IcmpError, Segment
 from .seq import between
@@ -115,6 +116,7 @@ def tcp_conn_request(listener: TcpSock, seg: Segment, now: float) -> None:
     child.userlocks_sndbuf = listener.userlocks_sndbuf
     child.userlocks_rcvbuf = listener.userlocks_rcvbuf
     child.notsent_lowat = listener.notsent_lowat
+    child.pmtudisc = listener.pmtudisc
     child.ca_ops = type(listener.ca_ops)() if listener.ca_ops is not None else None
     child.iss = host.secure_tcp_seq()
     child.ts_offset = host.rng.getrandbits(32)
@@ -219,14 +221,25 @@ def tcp_v4_mtu_reduced(tp: TcpSock, now: float) -> None:
     mtu = tp.host.update_pmtu(tp.daddr, tp.mtu_info, now)
     if mtu is None:
         return
-    if tp.mtu_info < mtu and not tp.host.route_locked(tp.daddr):
+    if tp.mtu_info < mtu and ip_dont_fragment(tp):
         tp.sk_err_soft = EMSGSIZE  # only while DF is still set
-    if tp.pmtu_cookie > mtu:
+    # Without DF (IP_PMTUDISC_DONT) routers fragment: the route learns, TCP keeps its MSS.
+    if tp.pmtudisc != IP_PMTUDISC_DONT and ip_sk_accept_pmtu(tp) and tp.pmtu_cookie > mtu:
         tcp_sync_mss(tp, mtu)
         if tp.host.tracer is not None:
             tp.host.tracer.event(tp, "mss_change", {"mss": tp.mss_cache, "why": "icmp", "mtu": mtu},
                                  now)
         _tcp_recovery.tcp_simple_retransmit(tp, now)
+
+
+def ip_dont_fragment(tp: TcpSock) -> bool:
+    """Whether the socket's packets carry DF (IP_MTU_DISCOVER and a locked route say)."""
+    return tp.pmtudisc in (IP_PMTUDISC_DO, IP_PMTUDISC_PROBE) or (
+        tp.pmtudisc == IP_PMTUDISC_WANT and not tp.host.route_locked(tp.daddr))
+
+
+def ip_sk_accept_pmtu(tp: TcpSock) -> bool:
+    return tp.pmtudisc not in (IP_PMTUDISC_INTERFACE, IP_PMTUDISC_OMIT)
 
 
 def tcp_v4_send_reset(host, seg: Segment, now: float) -> None:

@@ -622,8 +622,9 @@ def tcp_transmit_skb(tp, skb: SkBuff, now: float, rcv_nxt=None) -> None:
 
 
 def ip_queue_xmit(tp, seg: Segment, pcount: int, now: float) -> None:
-    # DF unless the route's MTU is locked (min_pmtu); a connected socket numbers its packets.
-    seg.df = not tp.host.route_locked(tp.daddr)
+    # DF as IP_MTU_DISCOVER says (by default: unless the route's MTU is locked at min_pmtu);
+    # a connected socket numbers its packets.
+    seg.df = _tcp_ipv4.ip_dont_fragment(tp)
     seg.ip_id = tp.inet_id
     tp.inet_id = (tp.inet_id + pcount) & 0xFFFF
     tp.host.mib["TcpOutSegs"] += pcount
@@ -965,5 +966,6 @@ def tcp_xmit_retransmit_queue(tp, now: float) -> None:
 # Imported last: these modules import this one, and are used only inside functions.
 from . import constants as _constants  # noqa: E402
 from . import tcp_input as _tcp_input  # noqa: E402
+from . import tcp_ipv4 as _tcp_ipv4  # noqa: E402
 from . import tcp_mtu as _tcp_mtu  # noqa: E402
 from . import tcp_recovery as _tcp_recovery  # noqa: E402

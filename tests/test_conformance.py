@@ -353,3 +353,32 @@ def test_missing_script_fails_naming_it(tmp_path):
     assert not result.passed
     assert result.failure.path == str(path)
     assert "cannot read" in result.failure.render()
+
+
+# --------------------------------------------------------------------------
+# packetdrill's aggregation: one line may match several packets in sequence
+# --------------------------------------------------------------------------
+
+AGG_FIRST = "   +0 > . 1461:2621(1160) ack 1"
+AGG_LAST = "   +0 > P. 2621:2921(300) ack 1"
+
+
+def local(name: str) -> Mutant:
+    return Mutant(LOCAL / name)
+
+
+def test_a_line_expecting_more_payload_takes_the_packets_that_follow(tmp_path):
+    """As packetdrill without --strict_segments (checked on Linux 6.18 with this very
+    edit): 1160 + 300 in sequence match one 1460-byte line, flags from the last."""
+    m = (local("ip_pmtudisc_dont_keeps_mss_after_frag_needed.pkt")
+         .replace(AGG_FIRST, "   +0 > P. 1461:2921(1460) ack 1").delete(AGG_LAST))
+    path, result = m.run(tmp_path)
+    assert result.passed, result.failure.render()
+
+
+def test_aggregation_that_cannot_add_up_fails_on_the_first_packet(tmp_path):
+    too_long = "   +0 > P. 1461:3001(1540) ack 1"
+    m = (local("ip_pmtudisc_dont_keeps_mss_after_frag_needed.pkt")
+         .replace(AGG_FIRST, too_long).delete(AGG_LAST))
+    assert_fails_at(m, tmp_path, too_long, "outbound packet mismatch",
+                    "actual:   . 1461:2621(1160) ack 1")

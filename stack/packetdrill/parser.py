@@ -97,8 +97,8 @@ class Symbol:
 
 @dataclass(frozen=True, slots=True)
 class IntList:
-    """`[1]`, `[1460]`: an int passed by reference."""
-    values: tuple[int, ...]
+    """`[1]`, `[1460]`, `[IP_PMTUDISC_DO]`: an int passed by reference."""
+    values: tuple[Union[int, Symbol], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -787,7 +787,9 @@ class _Parser:
             return IovecList(tuple(self._sequence(self._iovec, opener, "]")))
         return IntList(tuple(self._sequence(self._list_int, opener, "]")))
 
-    def _list_int(self) -> int:
+    def _list_int(self) -> Union[int, Symbol]:
+        if self._peek().kind == "word":   # [IP_PMTUDISC_DONT]
+            return self._symbol()
         return self._int("list element", -(2**63), 2**64 - 1, ("int", "hex"))
 
     def _pollfd(self) -> PollFd:

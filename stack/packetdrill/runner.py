@@ -18,7 +18,9 @@ from ..constants import (
     SO_REUSEADDR, SO_SNDBUF, SOL_SOCKET, SOL_TCP, TCP_CONGESTION, TCP_CORK, TCP_MAXSEG,
     TCP_LISTEN, TCP_NODELAY, TCP_NOTSENT_LOWAT, TCPHDR_ACK, TCPHDR_CWR, TCPHDR_ECE, TCPHDR_FIN, TCPHDR_PSH,
     TCPHDR_RST, TCPHDR_SYN, TCPHDR_URG, POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
-    POLLRDBAND, POLLRDHUP, POLLRDNORM, POLLWRBAND, POLLWRNORM,
+    POLLRDBAND, POLLRDHUP, POLLRDNORM, POLLWRBAND, POLLWRNORM, IP_MTU, IP_MTU_DISCOVER,
+    IP_PMTUDISC_DO, IP_PMTUDISC_DONT, IP_PMTUDISC_INTERFACE, IP_PMTUDISC_OMIT, IP_PMTUDISC_PROBE,
+    IP_PMTUDISC_WANT,
 )
 from ..debug import flags_str
 from ..host import Host
@@ -73,6 +75,10 @@ _SYMBOLS = {
     "POLLHUP": POLLHUP, "POLLNVAL": POLLNVAL, "POLLRDNORM": POLLRDNORM,
     "POLLRDBAND": POLLRDBAND, "POLLWRNORM": POLLWRNORM, "POLLWRBAND": POLLWRBAND,
     "POLLRDHUP": POLLRDHUP,
+    "IP_MTU_DISCOVER": IP_MTU_DISCOVER, "IP_MTU": IP_MTU, "IP_PMTUDISC_DONT": IP_PMTUDISC_DONT,
+    "IP_PMTUDISC_WANT": IP_PMTUDISC_WANT, "IP_PMTUDISC_DO": IP_PMTUDISC_DO,
+    "IP_PMTUDISC_PROBE": IP_PMTUDISC_PROBE, "IP_PMTUDISC_INTERFACE": IP_PMTUDISC_INTERFACE,
+    "IP_PMTUDISC_OMIT": IP_PMTUDISC_OMIT, "SOL_IP": 0,
 }
 
 
@@ -237,6 +243,8 @@ class ScriptRunner:
             self._fail(ev.line, "expected outbound packet was not sent",
                        expected=self._describe_expected(ev), actual="(nothing)")
         got = self.emitted.pop(0)
+        if 0 < len(got.seg.payload) < ev.payload_len:
+            got = self._aggregate(ev, got, hi)
         self._match(ev, got.seg)
         if not lo - 1e-9 <= got.time <= hi + 1e-9:
             self._fail(ev.line, "outbound packet at the wrong time",
@@ -245,6 +253,38 @@ class ScriptRunner:
                        actual=f"{self._describe(got.seg)} at {got.time:.6f}s")
         self.now = max(self.now, got.time)
         self._settle(ev, script_time, floating, got.time)
+
+    def _aggregate(self, ev: TcpPacket, first: _Emitted, hi: float) -> _Emitted:
+        """packetdrill's rule without --strict_segments: a line expecting more payload than
+        the next packet carries takes the packets that follow it in sequence (same ack,
+        equal sizes but the last) until the payload adds up; the result has the first
+        packet's seq and CWR, the last one's other flags, options and time. If they do not add
+        up exactly, the packets stay as they were and the first is matched alone."""
+        parts = [first]
+        total = len(first.seg.payload)
+        while total < ev.payload_len:
+            if not self.emitted:
+                self._advance_until_emitted(hi)
+            if not self.emitted:
+                break
+            prev, nxt = parts[-1].seg, self.emitted[0].seg
+            size = len(nxt.payload)
+            if (nxt.sport, nxt.dport) != (prev.sport, prev.dport) or \
+                    nxt.seq != (prev.seq + len(prev.payload)) & 0xFFFFFFFF or \
+                    nxt.ack_seq != prev.ack_seq or nxt.flags & (TCPHDR_SYN | TCPHDR_RST) or \
+                    (size < ev.payload_len - total and size != len(prev.payload)):
+                break
+            parts.append(self.emitted.pop(0))
+            total += size
+        if total != ev.payload_len or len(parts) == 1:
+            self.emitted[0:0] = parts[1:]
+            return first
+        last = parts[-1]
+        seg = last.seg.copy()
+        seg.seq = first.seg.seq
+        seg.flags = (last.seg.flags & ~TCPHDR_CWR) | (first.seg.flags & TCPHDR_CWR)
+        seg.payload = b"".join(p.seg.payload for p in parts)
+        return _Emitted(last.time, seg)
 
     def _advance_until_emitted(self, limit: float) -> None:
         host = self.host
@@ -419,7 +459,7 @@ class ScriptRunner:
                 value |= _SYMBOLS[name]
             return value
         if isinstance(arg, IntList) and len(arg.values) == 1:
-            return arg.values[0]
+            return self._sym(arg.values[0], line)
         self._fail(line, f"expected a number or a symbol, got {arg!r}")
 
     def _sock(self, arg, line: int) -> Socket:
@@ -550,7 +590,7 @@ class ScriptRunner:
         if op.error:
             return op, None
         value = op.result
-        if isinstance(want, IntList) and list(want.values) != [value]:
+        if isinstance(want, IntList) and [self._sym(v, ev.line) for v in want.values] != [value]:
             self._fail(ev.line, "getsockopt() returned the wrong option value",
                        expected=str(list(want.values)), actual=str([value]))
         if isinstance(want, String) and want.value != value:
@@ -641,7 +681,7 @@ class ScriptRunner:
         else:
             self._fail(ev.line, f"ioctl request {request:#x} is not supported")
         want = ev.args[2] if len(ev.args) > 2 else None
-        if isinstance(want, IntList) and list(want.values) != [value]:
+        if isinstance(want, IntList) and [self._sym(v, ev.line) for v in want.values] != [value]:
             self._fail(ev.line, "ioctl() returned the wrong value",
                        expected=str(list(want.values)), actual=str([value]))
         return self._done(0)
