@@ -132,9 +132,13 @@ GSO_LEGACY_MAX_SIZE = 65536
 GSO_MAX_SEGS = 65535
 MAX_TCP_HEADER = 320
 
-# Truesize of an skb with no payload: sk_buff (256 after alignment), the shared
-# info (320) and the 320-byte header room, rounded up by kmalloc to 1024 bytes.
-SKB_TRUESIZE_EMPTY = 1280
+# Truesize of an skb with no payload (tcp_stream_alloc_skb()): SKB_TRUESIZE() of its head,
+# the 320-byte header room; since 6.3 such heads come from a dedicated cache of exactly
+# SKB_HEAD_ALIGN(MAX_TCP_HEADER) = 640 bytes (320 + the 320-byte shared info), not from
+# kmalloc's 1024-byte size class. 320 + sk_buff (256 aligned) + shared info (320).
+# Checked on Linux 6.18: a non-blocking write into SO_SNDBUF 10000..131072 accepts what
+# this accounting allows, to the byte (eleven buffer sizes).
+SKB_TRUESIZE_EMPTY = 896
 SKB_TRUESIZE_OVERHEAD = 256 + 320  # what SKB_TRUESIZE() adds to a data size
 TCP_SKB_MIN_TRUESIZE = 2048 + 256   # 2048 + SKB_DATA_ALIGN(sizeof(struct sk_buff))
 SOCK_MIN_SNDBUF = 2 * TCP_SKB_MIN_TRUESIZE
