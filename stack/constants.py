@@ -97,6 +97,8 @@ TCP_CA_CWR = 2
 TCP_CA_Recovery = 3
 TCP_CA_Loss = 4
 
+TCP_RACK_RECOVERY_THRESH = 16   # recoveries a DSACK-widened RACK window outlives
+
 # icsk_pending timer kinds.
 ICSK_TIME_RETRANS = 1
 ICSK_TIME_DACK = 2

@@ -20,6 +20,8 @@ COUNTERS = (
     "TcpExtListenDrops", "TcpExtTCPZeroWindowDrop", "TcpExtTCPSndbufLimited",
     "SendlabMalformedDropped", "SendlabMtuProbes", "TcpExtTCPLossProbeRecovery",
     "TcpExtTCPFullUndo", "TcpExtTCPSACKReneging", "TcpExtTCPSimultaneousOpenDropped",
+    "TcpExtTCPDSACKUndo", "TcpExtTCPPartialUndo", "TcpExtTCPDSACKIgnoredDubious",
+    "TcpExtTCPTSReorder",
 )
 
 

@@ -23,6 +23,7 @@ class SkBuff:
     __slots__ = (
         "seq", "end_seq", "tcp_flags", "sacked", "eor", "data", "truesize",
         "pcount", "gso_size", "first_tx", "tstamp", "retrans_stamp", "txstamp_ack", "clones",
+        "tx_delivered",
     )
 
     def __init__(self, seq: int, tcp_flags: int = 0) -> None:
@@ -37,6 +38,7 @@ class SkBuff:
         self.gso_size = 0
         self.first_tx = 0.0   # time of first transmission (skb_mstamp of the first send)
         self.tstamp = 0.0     # time of the latest transmission
+        self.tx_delivered = -1  # tp.delivered at the latest transmission (-1: not to count)
         self.retrans_stamp = 0.0
         self.txstamp_ack = False
         self.clones = 0       # transmitted copies still in the qdisc/device (skb_fclone_busy)

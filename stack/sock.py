@@ -149,6 +149,10 @@ class TcpSock:
         self.rack_end_seq = 0
         self.rack_advanced = False
         self.rack_reo_wnd_steps = 1
+        self.rack_reo_wnd_persist = 0   # recoveries the widened window is kept for
+        self.rack_dsack_seen = False    # a DSACK arrived since reordering was seen
+        self.rack_last_delivered = 0    # tp.delivered when the window was last widened
+        self.dsack_dups = 0             # segments the peer reported receiving twice
         self.reord_seen = 0
         self.tlp_high_seq = 0
         self.tlp_retrans = False

@@ -48,6 +48,7 @@ class Sysctl:
     tcp_retries1: int = 3
     tcp_retries2: int = 15
     tcp_reordering: int = 3
+    tcp_max_reordering: int = 300
     tcp_early_retrans: int = 3
     tcp_recovery: int = 1
     tcp_frto: int = 2

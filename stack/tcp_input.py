@@ -289,9 +289,11 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
     first_ackt = last_ackt = None
     q = tp.rtx_queue
     snd_una = tp.snd_una
+    reord = tp.snd_nxt     # lowest never-retransmitted, never-SACKed seq this ACK covers
     while q:
         skb = q[0]
         sacked = skb.sacked
+        start_seq = skb.seq
         if after(skb.end_seq, snd_una):
             if skb.pcount == 1 or not after(snd_una, skb.seq):
                 break
@@ -311,7 +313,10 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
             last_ackt = skb.tstamp
             if first_ackt is None:
                 first_ackt = last_ackt
-            flag |= FLAG_ORIG_SACK_ACKED
+            if before(start_seq, reord):
+                reord = start_seq
+            if not after(skb.end_seq, tp.high_seq):
+                flag |= FLAG_ORIG_SACK_ACKED
         if sacked & TCPCB_SACKED_ACKED:
             tp.sacked_out -= acked_pcount
         elif tp.sack_ok:
@@ -319,6 +324,7 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
             _tcp_recovery.tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
         if sacked & TCPCB_LOST:
             tp.lost_out -= acked_pcount
+        _tcp_recovery.tcp_rate_skb_delivered(tp, skb, sack_state)
         tp.packets_out -= acked_pcount
         pkts_acked += acked_pcount
         if skb.tcp_flags & TCPHDR_SYN:
@@ -349,6 +355,12 @@ def tcp_clean_rtx_queue(tp, prior_snd_una: int, now: float, sack_state: dict) ->
         if not tp.sack_ok:
             # Without SACK, dupacks stood in for delivered segments: the ACK takes them back.
             _tcp_recovery.tcp_remove_reno_sacks(tp, pkts_acked)
+            # Nor can a cumulative ACK prove that an original, not a retransmission, arrived.
+            if flag & FLAG_RETRANS_DATA_ACKED:
+                flag &= ~FLAG_ORIG_SACK_ACKED
+        elif before(reord, sack_state.get("prior_fack", reord)):
+            # A hole of data sent once got filled: the network reordered it.
+            _tcp_recovery.tcp_check_sack_reordering(tp, reord, 0)
         if tp.ca_ops is not None:
             tp.ca_ops.pkts_acked(tp, pkts_acked, ca_rtt_us, now)
     return flag, pkts_acked
@@ -369,7 +381,7 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
         tp.host.tracer.ack(tp, seg, now)
     prior_snd_una = tp.snd_una
     ack = seg.ack_seq
-    sack_state: dict = {}
+    sack_state: dict = {"prior_fack": _tcp_recovery.tcp_highest_sack_seq(tp)}
     opts = seg_opt(seg)
     sack = opts.get("sack") if tp.sack_ok else None
     if before(ack, prior_snd_una):
@@ -378,7 +390,8 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
             return -1
         if sack:
             prior_delivered = tp.delivered
-            flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+            flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state,
+                                                          now, ack)
             flag, rexmit = _tcp_recovery.tcp_fastretrans_alert(tp, prior_snd_una, 0, flag, now)
             _tcp_recovery.tcp_xmit_recovery(tp, rexmit, now)
             del prior_delivered
@@ -397,7 +410,8 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     tp.sk_err_soft = 0
     tp.probes_out = 0
     if sack:
-        flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now)
+        flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now,
+                                                      ack)
     if seg.payload or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
         flag |= FLAG_DATA
     if not prior_packets:
@@ -408,6 +422,7 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
         return 1
     clean_flag, pkts_acked = tcp_clean_rtx_queue(tp, prior_snd_una, now, sack_state)
     flag |= clean_flag
+    _tcp_recovery.tcp_rack_update_reo_wnd(tp, sack_state.get("prior_delivered"))
     if tp.tlp_high_seq:
         _tcp_recovery.tcp_process_tlp_ack(tp, ack, flag)
     rexmit = _tcp_recovery.REXMIT_NONE

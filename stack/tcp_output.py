@@ -600,6 +600,7 @@ def tcp_transmit_skb(tp, skb: SkBuff, now: float, rcv_nxt=None) -> None:
         seg.gso_size = skb.gso_size
         seg.gso_segs = pcount
     skb.tstamp = now
+    skb.tx_delivered = tp.delivered   # tcp_rate_skb_sent(): what was delivered when it left
     if not skb.first_tx:
         skb.first_tx = now
     if skb.data or flags & TCPHDR_FIN:

@@ -6,15 +6,21 @@ RACK (RFC 8985) follows tcp_recovery.c; TLP follows tcp_schedule_loss_probe()
 and tcp_send_loss_probe() in tcp_output.c. Non-SACK peers get NewReno's
 duplicate-ACK counting (tcp_newreno_mark_lost). After an RTO, F-RTO (RFC 5682, SACK-enhanced,
 tcp_frto) sends new data when the retransmitted head is ACKed and undoes the timeout when data
-sent only once is then delivered (tcp_process_loss). SACK reneging is noticed at RTO time only
-(a SACKed head), not by the early ACK check of tcp_check_sack_reneging().
+sent only once is then delivered (tcp_process_loss). Undo comes in every form Linux has:
+full (timestamps or no retransmission needed), partial (a delayed original fills the hole),
+DSACK (every retransmission reported duplicate) and F-RTO. Reordering is detected when data
+sent once is (S)ACKed below the highest SACK (tcp_check_sack_reordering): it raises the
+reordering degree, keeps RACK's reordering window open in recovery, and lets DSACKs widen it
+(tcp_rack_update_reo_wnd). SACK reneging is noticed at RTO time only (a SACKed head), not by
+the early ACK check of tcp_check_sack_reneging().
 """
 
 from __future__ import annotations
 
 from .constants import (
     ICSK_TIME_LOSS_PROBE, ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS, TCP_CA_CWR, TCP_CA_Disorder,
-    TCP_CA_Loss, TCP_CA_Open, TCP_CA_Recovery, TCP_NAGLE_OFF, TCP_SYN_SENT,
+    TCP_CA_Loss, TCP_CA_Open, TCP_CA_Recovery, TCP_NAGLE_OFF, TCP_RACK_RECOVERY_THRESH,
+    TCP_SYN_SENT,
 )
 from .jiffies import TICK_S, usecs_to_jiffies
 from .seq import after, before, seq_sub
@@ -39,6 +45,8 @@ FLAG_DSACK_TLP = 0x20000
 TCP_TIMEOUT_MIN_US = 2000
 TCP_TIMEOUT_INIT_J = 250
 TCPCB_RETRANS = TCPCB_SACKED_RETRANS | TCPCB_EVER_RETRANS
+
+TCP_RACK_STATIC_REO_WND = 0x2   # tcp_recovery bit: never adapt the reordering window
 
 REXMIT_NONE = 0
 REXMIT_LOST = 1
@@ -75,25 +83,72 @@ def tcp_any_retrans_done(tp) -> bool:
 
 # --- SACK scoreboard -----------------------------------------------------------------------
 
-def tcp_sacktag_write_queue(tp, blocks, prior_snd_una: int, state: dict, now: float) -> int:
+def tcp_sacktag_write_queue(tp, blocks, prior_snd_una: int, state: dict, now: float,
+                            ack: int | None = None) -> int:
     """Mark the skbs the peer's SACK blocks cover; FLAG_DATA_SACKED if any were new."""
     flag = 0
+    ack = prior_snd_una if ack is None else ack
+    state["reord"] = tp.snd_nxt    # lowest never-retransmitted seq SACKed below the highest
     for i, (start, end) in enumerate(blocks):
-        if not after(end, start) or after(end, tp.snd_nxt):
-            continue
-        if i == 0 and (not after(end, prior_snd_una) or _inside_later_block(blocks, start, end)):
+        if i == 0 and (before(start, ack) or _inside_later_block(blocks, start, end)):
             # A DSACK: the peer got these bytes twice (RFC 2883).
-            flag |= FLAG_DSACKING_ACK
-            tp.host.mib["TcpExtTCPDSACKRecv"] += 1
-            if tp.tlp_high_seq and not before(start, tp.tlp_high_seq - 1) and tp.tlp_retrans:
-                flag |= FLAG_DSACK_TLP
-            if tp.undo_marker and tp.undo_retrans > 0 and not before(start, tp.undo_marker):
-                tp.undo_retrans -= 1
+            dsack = tcp_check_dsack(tp, start, end, prior_snd_una)
+            flag |= dsack
+            if dsack & FLAG_DSACKING_ACK and after(end, prior_snd_una):
+                _dsack_in_window(tp, start, end, state)
+            continue
+        if not after(end, start) or after(end, tp.snd_nxt):
             continue
         if not after(end, tp.snd_una):
             continue
         flag |= _sacktag_block(tp, start, end, state, now)
+    if tp.ca_state != TCP_CA_Loss or tp.undo_marker:
+        tcp_check_sack_reordering(tp, state["reord"], 0)
     return flag
+
+
+def tcp_check_dsack(tp, start: int, end: int, prior_snd_una: int) -> int:
+    """A D-SACK block: count it, unless it is dubious (longer than any window we offered, or
+    more duplicates than we ever retransmitted); it may make an undo possible (undo_retrans)
+    and, once reordering was seen, widen RACK's reordering window (dsack_seen)."""
+    if not before(start, end):
+        return 0
+    seq_len = seq_sub(end, start)
+    if seq_len > tp.max_window:
+        return 0
+    flag = 0
+    dup_segs = 1
+    if seq_len > tp.mss_cache:
+        dup_segs = -(-seq_len // tp.mss_cache)
+    elif tp.tlp_high_seq and tp.tlp_high_seq == end:
+        flag |= FLAG_DSACK_TLP
+    tp.dsack_dups += dup_segs
+    if tp.dsack_dups > tp.total_retrans:
+        tp.host.mib["TcpExtTCPDSACKIgnoredDubious"] += 1
+        return flag
+    tp.host.mib["TcpExtTCPDSACKRecv"] += 1
+    if tp.reord_seen and not flag & FLAG_DSACK_TLP:
+        tp.rack_dsack_seen = True
+    if tp.undo_marker and tp.undo_retrans > 0 and not after(end, prior_snd_una) and \
+            after(end, tp.undo_marker):
+        tp.undo_retrans = max(0, tp.undo_retrans - dup_segs)
+    return flag | FLAG_DSACKING_ACK
+
+
+def _dsack_in_window(tp, start: int, end: int, state: dict) -> None:
+    """A DSACK above snd_una: each retransmitted skb it covers was one retransmission too
+    many (undo_retrans), and one SACKed before was reordered, not lost."""
+    for skb in tp.rtx_queue:
+        if not after(skb.end_seq, start):
+            continue
+        if not before(skb.seq, end):
+            break
+        if not skb.sacked & TCPCB_RETRANS or before(skb.seq, start) or after(skb.end_seq, end):
+            continue
+        if tp.undo_marker and tp.undo_retrans > 0 and after(skb.end_seq, tp.undo_marker):
+            tp.undo_retrans = max(0, tp.undo_retrans - (skb.pcount or 1))
+        if skb.sacked & TCPCB_SACKED_ACKED and before(skb.seq, state["reord"]):
+            state["reord"] = skb.seq
 
 
 def _inside_later_block(blocks, start: int, end: int) -> bool:
@@ -147,6 +202,9 @@ def _sacktag_one(tp, skb, state: dict, now: float) -> int:
         tp.retrans_out -= pcount
     elif not sacked & TCPCB_RETRANS:
         state["rtt_us"] = int((now - skb.tstamp) * 1e6)
+        # Sent once and SACKed below what was SACKed before: the network reordered it.
+        if before(skb.seq, tcp_highest_sack_seq(tp)) and before(skb.seq, state["reord"]):
+            state["reord"] = skb.seq
         if not after(skb.end_seq, tp.high_seq):
             flag = FLAG_ORIG_SACK_ACKED
     if sacked & TCPCB_LOST:
@@ -157,9 +215,63 @@ def _sacktag_one(tp, skb, state: dict, now: float) -> int:
     tp.sacked_out += pcount
     tp.delivered += pcount
     tcp_rack_advance(tp, sacked, skb.end_seq, skb.tstamp, now)
+    tcp_rate_skb_delivered(tp, skb, state)
     if tp.highest_sack is None or after(skb.end_seq, tp.highest_sack):
         tp.highest_sack = skb.end_seq
     return flag
+
+
+def tcp_highest_sack_seq(tp) -> int:
+    if not tp.sacked_out:
+        return tp.snd_una
+    if tp.highest_sack is None:
+        return tp.snd_nxt
+    return tp.highest_sack
+
+
+def tcp_check_sack_reordering(tp, low_seq: int, ts: int) -> None:
+    """Data below the highest SACK arrived late (``low_seq``): the path reorders. Raise the
+    reordering degree to cover it and remember that reordering was seen (RACK then keeps a
+    reordering window in recovery, and DSACKs may widen it)."""
+    fack = tcp_highest_sack_seq(tp)
+    if not before(low_seq, fack):
+        return
+    metric = seq_sub(fack, low_seq)
+    mss = tp.mss_cache
+    if mss and metric > tp.reordering * mss:
+        tp.reordering = min(-(-metric // mss), tp.sysctl.tcp_max_reordering)
+    tp.reord_seen += 1
+    tp.host.mib["TcpExtTCPTSReorder" if ts else "TcpExtTCPSACKReorder"] += 1
+
+
+def tcp_rate_skb_delivered(tp, skb, state: dict) -> None:
+    """Note what had been delivered when the latest-sent of the skbs this ACK delivers left
+    (the rate sample's prior_delivered); a SACKed skb counts once, not again when ACKed."""
+    if skb.tx_delivered < 0:
+        return
+    if "prior_delivered" not in state or _sent_after(skb.tstamp, state["rate_mstamp"],
+                                                     skb.end_seq, state["rate_end_seq"]):
+        state["prior_delivered"] = skb.tx_delivered
+        state["rate_mstamp"] = skb.tstamp
+        state["rate_end_seq"] = skb.end_seq
+    if skb.sacked & TCPCB_SACKED_ACKED:
+        skb.tx_delivered = -1
+
+
+def tcp_rack_update_reo_wnd(tp, prior_delivered: int | None) -> None:
+    """After an ACK: a DSACK seen since reordering widens the reordering window by one step
+    (kept for 16 recoveries), at most once per round trip; otherwise it returns to one step."""
+    if tp.sysctl.tcp_recovery & TCP_RACK_STATIC_REO_WND or prior_delivered is None:
+        return
+    if before(prior_delivered, tp.rack_last_delivered):
+        tp.rack_dsack_seen = False    # less than a round trip since the last widening
+    if tp.rack_dsack_seen:
+        tp.rack_reo_wnd_steps = min(0xFF, tp.rack_reo_wnd_steps + 1)
+        tp.rack_dsack_seen = False
+        tp.rack_last_delivered = tp.delivered
+        tp.rack_reo_wnd_persist = TCP_RACK_RECOVERY_THRESH
+    elif not tp.rack_reo_wnd_persist:
+        tp.rack_reo_wnd_steps = 1
 
 
 # --- RACK ----------------------------------------------------------------------------------
@@ -375,7 +487,11 @@ def tcp_enter_cwr(tp) -> None:
 
 def tcp_init_undo(tp) -> None:
     tp.undo_marker = tp.snd_una
-    tp.undo_retrans = tp.retrans_out or -1
+    # Retransmissions still in flight (a TLP's among them) may come back as DSACKs; 0 would
+    # mean "may undo now", so nothing out is -1.
+    tp.undo_retrans = tp.retrans_out + (1 if tp.tlp_high_seq and tp.tlp_retrans else 0)
+    if not tp.undo_retrans:
+        tp.undo_retrans = -1
 
 
 def tcp_may_undo(tp) -> bool:
@@ -383,8 +499,11 @@ def tcp_may_undo(tp) -> bool:
 
 
 def tcp_packet_delayed(tp) -> bool:
-    """The ACK echoes a timestamp from before our first retransmission: it was only delayed."""
-    if not tp.retrans_stamp or not tp.saw_tstamp or not tp.rcv_tsecr:
+    """The ACK echoes a timestamp from before our first retransmission (the original was only
+    delayed), or nothing was retransmitted at all."""
+    if not tp.retrans_stamp:
+        return tp.state != TCP_SYN_SENT
+    if not tp.saw_tstamp or not tp.rcv_tsecr:
         return False
     stamp = _tcp_output.tcp_time_stamp(tp, tp.retrans_stamp)
     return ((stamp - tp.rcv_tsecr) & 0xFFFFFFFF) < 0x80000000 and stamp != tp.rcv_tsecr
@@ -400,12 +519,15 @@ def tcp_undo_cwnd_reduction(tp, unmark_loss: bool) -> None:
         if tp.prior_ssthresh > tp.snd_ssthresh:
             tp.snd_ssthresh = tp.prior_ssthresh
     tp.undo_marker = 0
+    tp.rack_advanced = True   # let RACK look at the losses again
     tp.host.mib["TcpExtTCPSpuriousRTOs" if tp.ca_state == TCP_CA_Loss else "TcpExtTCPFullUndo"] += 1
 
 
 def tcp_try_undo_recovery(tp) -> bool:
     if tcp_may_undo(tp):
         tcp_undo_cwnd_reduction(tp, False)
+    elif tp.rack_reo_wnd_persist:
+        tp.rack_reo_wnd_persist -= 1
     if tp.snd_una == tp.high_seq and not tcp_is_sack(tp):
         # NewReno: hold the state until something above high_seq is ACKed.
         if not tcp_any_retrans_done(tp):
@@ -413,6 +535,40 @@ def tcp_try_undo_recovery(tp) -> bool:
         return True
     tcp_set_ca_state(tp, TCP_CA_Open)
     return False
+
+
+def tcp_try_undo_dsack(tp) -> bool:
+    """DSACKs accounted for every retransmission: they were all needless; undo."""
+    if tp.undo_marker and not tp.undo_retrans:
+        tp.rack_reo_wnd_persist = min(TCP_RACK_RECOVERY_THRESH, tp.rack_reo_wnd_persist + 1)
+        tcp_undo_cwnd_reduction(tp, False)
+        tp.host.mib["TcpExtTCPDSACKUndo"] += 1
+        return True
+    return False
+
+
+def tcp_try_undo_partial(tp, prior_snd_una: int) -> tuple[bool, bool]:
+    """A partial ACK in Recovery: undo if it proves the original was only delayed (timestamps);
+    returns (stop here, do_lost)."""
+    if tp.undo_marker and tcp_packet_delayed(tp):
+        tcp_check_sack_reordering(tp, prior_snd_una, 1)
+        if tp.retrans_out:
+            # More reordering than we thought: clock out new data, retransmit no more.
+            return True, False
+        if not tcp_any_retrans_done(tp):
+            tp.retrans_stamp = 0
+        tcp_undo_cwnd_reduction(tp, True)
+        tp.host.mib["TcpExtTCPPartialUndo"] += 1
+        tcp_try_keep_open(tp)
+        return False, False
+    return False, tcp_force_fast_retransmit(tp)
+
+
+def tcp_force_fast_retransmit(tp) -> bool:
+    """SACKs reach more than dupthresh segments past snd_una."""
+    if tp.highest_sack is None:
+        return False
+    return after(tp.highest_sack, (tp.snd_una + tp.reordering * tp.mss_cache) & 0xFFFFFFFF)
 
 
 def tcp_try_undo_loss(tp, frto_undo: bool) -> bool:
@@ -561,10 +717,24 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
             tcp_end_cwnd_reduction(tp)
     state = tp.ca_state
     if state == TCP_CA_Recovery:
+        do_lost = bool(num_dupack) or bool(flag & FLAG_DATA_SACKED and tcp_force_fast_retransmit(tp))
         if not flag & FLAG_SND_UNA_ADVANCED:
             if not tcp_is_sack(tp):
                 tcp_add_reno_sack(tp, num_dupack)
+        else:
+            stop, do_lost = tcp_try_undo_partial(tp, prior_snd_una)
+            if stop:
+                return flag, REXMIT_NONE
+        if tcp_try_undo_dsack(tp):
+            tcp_try_to_open(tp, flag)
         flag = tcp_identify_packet_loss(tp, flag, now)
+        if tp.ca_state != TCP_CA_Recovery:
+            if not tcp_time_to_recover(tp):
+                return flag, REXMIT_NONE
+            # The undo ended one recovery, but loss is evident: a new one starts.
+            tcp_enter_recovery(tp, bool(flag & FLAG_ECE))
+        if not tcp_is_rack(tp) and do_lost and tcp_is_sack(tp):
+            tcp_update_scoreboard(tp)
         return flag, REXMIT_LOST
     if state == TCP_CA_Loss:
         rexmit = tcp_process_loss(tp, flag, num_dupack)
@@ -575,6 +745,8 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
         if flag & FLAG_SND_UNA_ADVANCED:
             tcp_reset_reno_sack(tp)
         tcp_add_reno_sack(tp, num_dupack)
+    if tp.ca_state <= TCP_CA_Disorder:
+        tcp_try_undo_dsack(tp)
     flag = tcp_identify_packet_loss(tp, flag, now)
     if not tcp_time_to_recover(tp):
         tcp_try_to_open(tp, flag)
