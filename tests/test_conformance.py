@@ -382,3 +382,25 @@ def test_aggregation_that_cannot_add_up_fails_on_the_first_packet(tmp_path):
          .replace(AGG_FIRST, too_long).delete(AGG_LAST))
     assert_fails_at(m, tmp_path, too_long, "outbound packet mismatch",
                     "actual:   . 1461:2621(1160) ack 1")
+
+
+def test_packetdrill_setup_helpers_are_understood(tmp_path):
+    """Google's scripts start with `../common/defaults.sh` (the runner's defaults already) and
+    set sysctls with set_sysctls.py /proc/sys/... paths, restored by a script at the end."""
+    path = tmp_path / "helpers.pkt"
+    path.write_text(
+        "`../common/defaults.sh\n"
+        "../common/set_sysctls.py /proc/sys/net/ipv4/tcp_timestamps=0 \\\n"
+        "    /proc/sys/net/ipv4/tcp_min_tso_segs=1`\n"
+        "    0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3\n"
+        "   +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0\n"
+        "   +0 bind(3, ..., ...) = 0\n"
+        "   +0 listen(3, 1) = 0\n"
+        "   +0 < S 0:0(0) win 32792 <mss 1000,sackOK,TS val 1 ecr 0,nop,wscale 7>\n"
+        "   +0 > S. 0:0(0) ack 1 <mss 1460,nop,nop,sackOK,nop,wscale 8>\n"
+        "`/tmp/sysctl_restore_${PPID}.sh`\n")
+    result = run_script(path)
+    assert result.passed, result.failure.render()
+    # With timestamps left on, the SYN-ACK would carry them: the same script fails.
+    path.write_text(path.read_text().replace("tcp_timestamps=0", "tcp_timestamps=1"))
+    assert not run_script(path).passed

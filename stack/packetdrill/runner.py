@@ -82,6 +82,25 @@ _SYMBOLS = {
 }
 
 
+def _join_continued(commands) -> list[str]:
+    """Shell lines ending in a backslash continue on the next."""
+    out, pending = [], ""
+    for cmd in commands:
+        if cmd.rstrip().endswith("\\"):
+            pending += cmd.rstrip()[:-1] + " "
+            continue
+        out.append(pending + cmd)
+        pending = ""
+    if pending.strip():
+        out.append(pending)
+    return out
+
+
+def _shell_words(cmd: str) -> list[str]:
+    import shlex
+    return shlex.split(cmd)
+
+
 def _poll_names(mask: int) -> str:
     names = [n for n in ("POLLIN", "POLLPRI", "POLLOUT", "POLLERR", "POLLHUP", "POLLNVAL",
                          "POLLRDNORM", "POLLRDBAND", "POLLWRNORM", "POLLWRBAND", "POLLRDHUP")
@@ -426,25 +445,45 @@ class ScriptRunner:
     # --- shell --------------------------------------------------------------------------
 
     def _shell(self, ev: ShellCommand) -> None:
-        for cmd in ev.commands:
+        """The shell commands packetdrill scripts run to set up the kernel: sysctl, the
+        device's MTU, packetdrill's own defaults.sh and set_sysctls.py helpers; anything else
+        would change what the stack cannot model, and fails the script."""
+        for cmd in _join_continued(ev.commands):
             words = cmd.split()
             if words[:1] == ["sysctl"]:
-                args = [w for w in words[1:] if not w.startswith("-")]
-                for arg in args:
-                    if "=" not in arg:
-                        self._fail(ev.line, f"sysctl without a value: {cmd!r}")
-                    key, value = arg.split("=", 1)
-                    try:
-                        self.sysctl.set(key, value.strip("\"'"))
-                    except SysctlError as exc:
-                        self._fail(ev.line, f"{exc}")
+                for arg in (w for w in words[1:] if not w.startswith("-")):
+                    self._set_sysctl(ev.line, cmd, arg)
             elif words[:3] == ["ip", "link", "set"] and "mtu" in words:
                 mtu = int(words[words.index("mtu") + 1])
                 self.mtu = mtu
                 if self.host is not None:
                     self.host.device.mtu = mtu
+            elif len(words) == 1 and words[0].endswith("common/defaults.sh"):
+                for key, value in PACKETDRILL_SYSCTLS.items():   # what it sets, as run here
+                    self.sysctl.set(key, value)
+            elif words and words[0].endswith("common/set_sysctls.py"):
+                for arg in _shell_words(cmd)[1:]:
+                    if not arg.startswith("/proc/sys/"):
+                        self._fail(ev.line, f"set_sysctls.py wants /proc/sys/...=V: {arg!r}")
+                    path, _, value = arg.partition("=")
+                    self._set_sysctl(ev.line, cmd, path[len("/proc/sys/"):].replace("/", ".")
+                                     + "=" + value)
+            elif len(words) == 1 and words[0].startswith("/tmp/sysctl_restore_"):
+                pass   # set_sysctls.py's undo script, run at the end: each run starts afresh
+            elif words[:3] in (["tc", "qdisc", "add"], ["tc", "qdisc", "replace"]) and \
+                    words[-1] in ("pfifo", "pfifo_fast"):
+                pass   # a FIFO qdisc neither paces nor reorders: the stack's device is one
             else:
                 self._fail(ev.line, f"unsupported shell command {cmd!r}")
+
+    def _set_sysctl(self, line: int, cmd: str, arg: str) -> None:
+        if "=" not in arg:
+            self._fail(line, f"sysctl without a value: {cmd!r}")
+        key, value = arg.split("=", 1)
+        try:
+            self.sysctl.set(key, value.strip("\"'"))
+        except SysctlError as exc:
+            self._fail(line, f"{exc}")
 
     # --- syscalls -----------------------------------------------------------------------
 
