@@ -496,7 +496,7 @@ def getsockopt(tp, level: int, optname: int):
             val = tp.user_mss
         return val
     if optname == TCP_NOTSENT_LOWAT:
-        return tp.notsent_lowat or tp.sysctl.tcp_notsent_lowat
+        return tp.notsent_lowat   # the socket's own; 0 means the sysctl applies
     if optname == TCP_CONGESTION:
         return tp.ca_ops.name if tp.ca_ops else ""
     return -ENOPROTOOPT

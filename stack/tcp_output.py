@@ -592,6 +592,10 @@ def tcp_transmit_skb(tp, skb: SkBuff, now: float, rcv_nxt=None) -> None:
     else:
         options = tcp_established_options(tp, now)
         window = tcp_select_window(tp)
+        if (skb.pcount or 1) > 1:
+            # Every GSO packet carries PSH (on its last segment once cut), so the receiver's
+            # GRO flushes at once. Only the clone sent is marked, not the queued skb.
+            flags |= TCPHDR_PSH
     seg = _make_segment(tp, skb.seq, flags, bytes(skb.data), options, window)
     if rcv_nxt is not None:
         seg.ack_seq = rcv_nxt

@@ -404,3 +404,42 @@ def test_packetdrill_setup_helpers_are_understood(tmp_path):
     # With timestamps left on, the SYN-ACK would carry them: the same script fails.
     path.write_text(path.read_text().replace("tcp_timestamps=0", "tcp_timestamps=1"))
     assert not run_script(path).passed
+
+
+CODE_SCRIPT = """`sysctl -q net.ipv4.tcp_min_tso_segs=1`
+    0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 3
+   +0 setsockopt(3, SOL_SOCKET, SO_REUSEADDR, [1], 4) = 0
+   +0 bind(3, ..., ...) = 0
+   +0 listen(3, 1) = 0
+   +0 < S 0:0(0) win 32792 <mss 1000,nop,wscale 7>
+   +0 > S. 0:0(0) ack 1 <mss 1460,nop,wscale 8>
+  +.1 < . 1:1(0) ack 1 win 257
+   +0 accept(3, ..., ...) = 4
+   +0 %{ cwnd = 10 }%
+   +0 %{
+assert tcpi_snd_cwnd == cwnd, tcpi_snd_cwnd
+assert tcpi_snd_ssthresh == TCP_INFINITE_SSTHRESH
+assert tcpi_ca_state == TCP_CA_Open
+}%
+"""
+
+
+def test_code_blocks_check_tcp_info_and_share_variables(tmp_path):
+    path = tmp_path / "code.pkt"
+    path.write_text(CODE_SCRIPT)
+    result = run_script(path)
+    assert result.passed, result.failure.render()
+    path.write_text(CODE_SCRIPT.replace("cwnd = 10", "cwnd = 11"))
+    failure = run_script(path).failure
+    assert failure is not None and failure.line == 11
+    assert "assertion failed" in failure.message and "10" in failure.message
+
+
+@pytest.mark.parametrize("code", ["import os", "().__class__", "open('/etc/passwd')",
+                                  "(lambda: 1)()"])
+def test_code_blocks_cannot_reach_beyond_numbers(tmp_path, code):
+    path = tmp_path / "evil.pkt"
+    path.write_text(CODE_SCRIPT.replace("cwnd = 10", code))
+    failure = run_script(path).failure
+    assert failure is not None and failure.line == 10, failure
+    assert "code block" in failure.message

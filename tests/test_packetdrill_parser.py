@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stack.packetdrill import (
-    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PollFd, PollFdList,
+    AnyOptions, CodeBlock, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PollFd, PollFdList,
     PacketdrillSyntaxError, QuotedTcp, Script, ShellCommand, String, Symbol,
     Syscall, TcpOpt, TcpPacket, TimeSpec, parse_file, parse_script,
 )
@@ -461,8 +461,16 @@ def test_scripts_without_events():
     assert (err.line, err.message) == (1, "script has no events")
 
 
-def test_options_lines_rejected():
-    assert "--options" in syntax_error("--tolerance_usecs=1000\n0 close(3) = 0").message
+def test_option_lines_before_the_events_are_kept():
+    script = parse_script("// x\n--tolerance_usecs=10000\n--tcp_ts_tick_usecs=1000\n"
+                          "0 close(3) = 0\n")
+    assert script.options == (("tolerance_usecs", "10000", 2), ("tcp_ts_tick_usecs", "1000", 3))
+
+
+def test_code_blocks_keep_their_text_and_time():
+    ev = event("+.1 %{ assert tcpi_snd_cwnd == 10, tcpi_snd_cwnd }%")
+    assert ev == CodeBlock(1, TimeSpec("relative", 0.1), " assert tcpi_snd_cwnd == 10, tcpi_snd_cwnd ")
+    assert "unterminated %{" in syntax_error("+0 %{ assert 1\n+0 close(3) = 0\n").message
 
 
 def test_two_untimed_init_blocks():

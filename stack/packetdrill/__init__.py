@@ -8,6 +8,7 @@
 from .parser import (
     AnyOptions,
     Arg,
+    CodeBlock,
     Elided,
     Event,
     IcmpPacket,
@@ -31,7 +32,7 @@ from .parser import (
 )
 
 __all__ = [
-    "AnyOptions", "Arg", "Elided", "Event", "IcmpPacket", "IntList",
+    "AnyOptions", "Arg", "CodeBlock", "Elided", "Event", "IcmpPacket", "IntList",
     "IovecList", "MsgHdr", "PacketdrillSyntaxError", "PollFd", "PollFdList", "QuotedTcp", "Script",
     "ShellCommand", "String", "Symbol", "Syscall", "TcpOpt", "TcpPacket",
     "TimeSpec", "parse_file", "parse_script",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, NoReturn, Optional, Union
 
 __all__ = [
-    "AnyOptions", "Arg", "Elided", "Event", "IcmpPacket", "IntList",
+    "AnyOptions", "Arg", "CodeBlock", "Elided", "Event", "IcmpPacket", "IntList",
     "IovecList", "MsgHdr", "PacketdrillSyntaxError", "PollFd", "PollFdList", "QuotedTcp", "Script",
     "ShellCommand", "String", "Symbol", "Syscall", "TcpOpt", "TcpPacket",
     "TimeSpec", "parse_file", "parse_script",
@@ -203,7 +203,15 @@ class IcmpPacket:
     quoted: Optional[QuotedTcp] = None
 
 
-Event = Union[ShellCommand, Syscall, TcpPacket, IcmpPacket]
+@dataclass(frozen=True, slots=True)
+class CodeBlock:
+    """`%{ assert tcpi_snd_cwnd == 10 }%`: Python run against the socket's TCP_INFO then."""
+    line: int
+    time: TimeSpec
+    code: str
+
+
+Event = Union[ShellCommand, Syscall, TcpPacket, IcmpPacket, CodeBlock]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +219,7 @@ class Script:
     path: str
     events: tuple[Event, ...]
     asserts: Optional[str] = None
+    options: tuple[tuple[str, str, int], ...] = ()   # (name, value, line) of --name=value
 
 
 # --------------------------------------------------------------------------
@@ -287,7 +296,10 @@ class _Lexer:
     def _token(self) -> _Token:
         ch = self.text[self.pos]
         if self.text.startswith("%{", self.pos):
-            self._error(self.line, "%{ }% code blocks are not supported")
+            close = self.text.find("}%", self.pos + 2)
+            if close < 0:
+                self._error(self.line, "unterminated %{ code block (no closing }%)")
+            return self._make("code", close + 2)
         if ch in _QUOTED:
             return self._quoted(ch)
         kind, end = self._longest_match()
@@ -423,10 +435,21 @@ class _Parser:
 
     # -- script -------------------------------------------------------------
 
+    def options(self) -> list[tuple[str, str, int]]:
+        """`--name=value` lines before the first event, as packetdrill's command line has."""
+        out = []
+        while self._peek().kind == "option":
+            tok = self._next()
+            value = ""
+            if self._accept("="):
+                parts = []
+                while self._peek().line == tok.line and self._peek().kind != "eof":
+                    parts.append(self._next().text)
+                value = "".join(parts)
+            out.append((tok.text[2:], value, tok.line))
+        return out
+
     def script(self) -> list[Event]:
-        if self._peek().kind == "option":
-            self._error(self._peek().line, "command-line --options inside "
-                        "scripts are not supported")
         events: list[Event] = []
         if self._peek().kind == "backtick":
             events.append(self._untimed_command())
@@ -486,6 +509,9 @@ class _Parser:
             return self._packet(line, time)
         if tok.kind == "backtick":
             return ShellCommand(line, time, self._commands(self._next()))
+        if tok.kind == "code":
+            code = self._next().text[2:-2]
+            return CodeBlock(line, time, code)
         if tok.kind == "ellipsis" or (tok.kind == "word" and self._is("(", 1)):
             return self._syscall(line, time)
         self._fail("a packet ('<' or '>'), a system call or a `command`")
@@ -868,8 +894,10 @@ def parse_script(text: str, path: str = "<string>") -> Script:
     """Parse packetdrill source `text`; `path` is only used in messages."""
     text = text.lstrip("\ufeff").replace("\r\n", "\n")
     tokens = _Lexer(text, path).run()
-    events = _Parser(tokens, text, path).script()
-    return Script(path, tuple(events), _asserts(text))
+    parser = _Parser(tokens, text, path)
+    options = parser.options()
+    events = parser.script()
+    return Script(path, tuple(events), _asserts(text), tuple(options))
 
 
 def parse_file(path: Union[str, os.PathLike]) -> Script:

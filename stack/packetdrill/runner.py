@@ -23,12 +23,13 @@ from ..constants import (
     IP_PMTUDISC_WANT,
 )
 from ..debug import flags_str
+from .code import CodeRunner
 from ..host import Host
 from ..segment import IcmpError, Segment
 from ..socket import Socket
 from ..sysctl import Sysctl, SysctlError
 from .parser import (
-    AnyOptions, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PacketdrillSyntaxError,
+    AnyOptions, CodeBlock, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PacketdrillSyntaxError,
     PollFdList, Script, ShellCommand, String, Symbol, Syscall, TcpPacket, parse_file,
 )
 
@@ -156,6 +157,7 @@ class ScriptRunner:
             self.sysctl.set(key, value)
         self.mtu = 1500
         self.seed = seed
+        self.code = CodeRunner()
         self.host: Host | None = None
         self.now = 0.0
         self.fds: dict[int, Socket] = {}
@@ -174,6 +176,7 @@ class ScriptRunner:
     def run(self) -> Result:
         events = self.script.events
         try:
+            self._options()
             for ev in events:
                 if isinstance(ev, ShellCommand) and ev.time is None:
                     self._shell(ev)
@@ -252,7 +255,38 @@ class ScriptRunner:
             self._inbound_icmp(ev)
         elif isinstance(ev, ShellCommand):
             self._shell(ev)
+        elif isinstance(ev, CodeBlock):
+            self._code(ev)
         self._settle(ev, script_time, floating, self.now)
+
+    def _options(self) -> None:
+        """A script's own `--name=value` lines, as packetdrill's command line takes them."""
+        for name, value, line in self.script.options:
+            try:
+                if name == "tolerance_usecs":
+                    self.tol_s = int(value) / 1e6
+                elif name == "tolerance_percent":
+                    self.tol_pct = float(value) / 100.0
+                elif name == "tcp_ts_tick_usecs":
+                    pass   # outbound TS values are not compared, so their tick does not matter
+                else:
+                    self._fail(line, f"option --{name} is not supported")
+            except ValueError:
+                self._fail(line, f"--{name}={value}: not a number")
+
+    def _code(self, ev: CodeBlock) -> None:
+        """A `%{ }%` block, against TCP_INFO of the socket under test (the newest one that is
+        not listening), as packetdrill evaluates it."""
+        from ..info import tcp_info
+        from .code import CodeError
+        socks = [sock for fd, sock in sorted(self.fds.items(), reverse=True)
+                 if sock.tp.state != TCP_LISTEN]
+        if not socks:
+            self._fail(ev.line, "code block with no connected socket to inspect")
+        try:
+            self.code.run(ev.code, tcp_info(socks[0].tp))
+        except CodeError as exc:
+            self._fail(ev.line, f"code block: {exc}")
 
     def _outbound(self, ev: TcpPacket) -> None:
         script_time, lo, hi, floating = self._window(ev)
