@@ -403,19 +403,52 @@ def test_forced_push_marks_psh(established):
     assert not all(expected)
 
 
+def _gso_packets(sent) -> list[list]:
+    """The wire segments grouped by the packet (skb transmission) they were cut from."""
+    groups: list[list] = []
+    for seg in sent:
+        if groups and groups[-1][-1].owner is seg.owner and seg.owner is not None and \
+                groups[-1][-1].seq + len(groups[-1][-1].payload) == seg.seq:
+            groups[-1].append(seg)
+        else:
+            groups.append([seg])
+    return groups
+
+
 def test_msg_more_leaves_psh_off(established):
     peer = established()
     peer.write(b"x" * (3 * MSS), MSG_MORE)
     sent = peer.new()
     assert payload_lengths(sent) == [MSS, MSS, MSS]
-    assert not any(s.flags & TCPHDR_PSH for s in sent)
+    # tcp_push() leaves the skbs unmarked with MSG_MORE...
+    assert not any(skb.tcp_flags & TCPHDR_PSH for skb in peer.tp.rtx_queue)
+    # ...and on the wire only a GSO packet's last segment carries PSH (__tcp_transmit_skb()
+    # marks every GSO packet; GSO keeps it on the last segment): never a lone MSS segment.
+    for packet in _gso_packets(sent):
+        flags = [bool(s.flags & TCPHDR_PSH) for s in packet]
+        assert flags == [False] * (len(packet) - 1) + [len(packet) > 1], flags
+
+
+def test_gso_packets_carry_psh_on_their_last_segment_only():
+    """Linux 6.18 (packetdrill, a TSO tun): each multi-segment packet of a large write leaves
+    with PSH, though tso_fragment() keeps it off the skb of every piece but the last."""
+    from stack.device import gso_segment
+    from stack.segment import Segment
+    seg = Segment("a", "b", 1, 2, 1000, 1, TCPHDR_PSH | 0x10, 100, payload=b"x" * (3 * MSS))
+    seg.gso_size, seg.gso_segs = MSS, 3
+    parts = gso_segment(seg)
+    assert [bool(p.flags & TCPHDR_PSH) for p in parts] == [False, False, True]
 
 
 def test_write_without_msg_more_sets_psh_on_last_segment_only(established):
     peer = established()
     peer.write(b"x" * (3 * MSS))
     sent = peer.new()
-    assert [bool(s.flags & TCPHDR_PSH) for s in sent] == [False, False, True]
+    assert bool(sent[-1].flags & TCPHDR_PSH)
+    # Before the last: PSH only where a GSO packet ends (never on a lone MSS segment).
+    for packet in _gso_packets(sent[:-1]):
+        flags = [bool(s.flags & TCPHDR_PSH) for s in packet]
+        assert flags == [False] * (len(packet) - 1) + [len(packet) > 1], flags
 
 
 # --- cwnd and rwnd ---------------------------------------------------------------------------
