@@ -572,10 +572,16 @@ class ScriptRunner:
         if self.pending is None:
             return
         ev, op, post, base = self.pending
-        # Step it after every input or timer: cheap, and no wake-up can be missed.
+        # A blocked call runs again only when its socket is woken (sk_stream_write_space(),
+        # data, a state change), as a sleeping process would; a poll() also at its timeout.
+        tps = {sock.tp for sock, _ in op.entries} if hasattr(op, "entries") else {op.sock.tp}
+        deadline = getattr(op, "deadline", None)
+        timed_out = deadline is not None and self.now >= deadline
+        if not (tps & self.host.woken) and not timed_out:
+            return
+        self.host.woken -= tps
         if op.step(self.now):
             self.pending = None
-            self.host.woken.discard(op.sock.tp)
             self._collect()
             self._check_result(ev, op, post, base)
 
