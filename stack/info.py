@@ -32,6 +32,8 @@ def tcp_info(tp) -> dict:
         "tcpi_snd_ssthresh": tp.snd_ssthresh,
         "tcpi_snd_cwnd": tp.snd_cwnd,
         "tcpi_reordering": tp.reordering,
+        "tcpi_reord_seen": tp.reord_seen,
+        "tcpi_dsack_dups": tp.dsack_dups,
         "tcpi_rcv_space": tp.rcvq_space,
         "tcpi_total_retrans": tp.total_retrans,
         "tcpi_pacing_rate": None if tp.pacing_rate == float("inf") else int(tp.pacing_rate),

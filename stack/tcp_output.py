@@ -754,7 +754,9 @@ def tcp_send_fin(tp, now: float) -> None:
 
 
 def tcp_send_active_reset(tp, now: float) -> None:
-    seg = _make_segment(tp, tcp_acceptable_seq(tp), TCPHDR_ACK | TCPHDR_RST, b"", (), 0)
+    # Built by tcp_transmit_skb() like any segment: timestamps (a fresh TSval) and the window.
+    seg = _make_segment(tp, tcp_acceptable_seq(tp), TCPHDR_ACK | TCPHDR_RST, b"",
+                        tcp_established_options(tp, now), tcp_select_window(tp))
     seg.skb_truesize = 0
     ip_queue_xmit(tp, seg, 1, now)
 

@@ -158,6 +158,7 @@ class ScriptRunner:
         self.mtu = 1500
         self.seed = seed
         self.code = CodeRunner()
+        self.strict_segments = False
         self.host: Host | None = None
         self.now = 0.0
         self.fds: dict[int, Socket] = {}
@@ -269,6 +270,8 @@ class ScriptRunner:
                     self.tol_pct = float(value) / 100.0
                 elif name == "tcp_ts_tick_usecs":
                     pass   # outbound TS values are not compared, so their tick does not matter
+                elif name == "strict_segments":
+                    self.strict_segments = True   # one line, one packet: no aggregation
                 else:
                     self._fail(line, f"option --{name} is not supported")
             except ValueError:
@@ -296,7 +299,7 @@ class ScriptRunner:
             self._fail(ev.line, "expected outbound packet was not sent",
                        expected=self._describe_expected(ev), actual="(nothing)")
         got = self.emitted.pop(0)
-        if 0 < len(got.seg.payload) < ev.payload_len:
+        if 0 < len(got.seg.payload) < ev.payload_len and not self.strict_segments:
             got = self._aggregate(ev, got, hi)
         self._match(ev, got.seg)
         if not lo - 1e-9 <= got.time <= hi + 1e-9:
