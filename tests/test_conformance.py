@@ -443,3 +443,27 @@ def test_code_blocks_cannot_reach_beyond_numbers(tmp_path, code):
     failure = run_script(path).failure
     assert failure is not None and failure.line == 10, failure
     assert "code block" in failure.message
+
+
+def test_script_fd_numbers_are_mapped_like_packetdrill(tmp_path):
+    """packetdrill maps a script's descriptor numbers onto the kernel's: socket() = 7 is fine."""
+    path = tmp_path / "fd.pkt"
+    path.write_text(CODE_SCRIPT.replace("= 3\n", "= 7\n", 1).replace("(3,", "(7,"))
+    result = run_script(path)
+    assert result.passed, result.failure.render()
+
+
+def test_gso_off_makes_one_mss_skbs(tmp_path):
+    """`ethtool -K tun0 gso off`: dev->gso_max_segs 1, so size_goal is one MSS and a 3000-byte
+    write is three skbs, each of which would take its own PSH decision."""
+    from stack.packetdrill import parse_file
+    from stack.packetdrill.runner import ScriptRunner
+    path = tmp_path / "gso.pkt"
+    path.write_text(CODE_SCRIPT.replace("`sysctl -q net.ipv4.tcp_min_tso_segs=1`",
+                                        "`ethtool -K tun0 tso off gso off`")
+                    + "   +0 write(4, ..., 3000) = 3000\n")
+    runner = ScriptRunner(parse_file(path))
+    assert runner.run().passed
+    tp = runner.fds[4].tp
+    assert [len(skb.data) for skb in tp.rtx_queue] == [1000, 1000, 1000]
+    assert runner.host.device.gso_max_segs == 1

@@ -22,6 +22,7 @@ from ..constants import (
     IP_PMTUDISC_DO, IP_PMTUDISC_DONT, IP_PMTUDISC_INTERFACE, IP_PMTUDISC_OMIT, IP_PMTUDISC_PROBE,
     IP_PMTUDISC_WANT,
 )
+from ..constants import GSO_MAX_SEGS
 from ..debug import flags_str
 from .code import CodeRunner
 from ..host import Host
@@ -159,6 +160,7 @@ class ScriptRunner:
         self.seed = seed
         self.code = CodeRunner()
         self.strict_segments = False
+        self.gso_max_segs = GSO_MAX_SEGS
         self.host: Host | None = None
         self.now = 0.0
         self.fds: dict[int, Socket] = {}
@@ -183,6 +185,7 @@ class ScriptRunner:
                     self._shell(ev)
             self.host = Host(LOCAL_IP, name="sut", mtu=self.mtu, sysctl=self.sysctl,
                              seed=self.seed, tracer=self.tracer)
+            self.host.device.gso_max_segs = self.gso_max_segs
             for ev in events:
                 if isinstance(ev, ShellCommand) and ev.time is None:
                     continue
@@ -507,6 +510,15 @@ class ScriptRunner:
                                      + "=" + value)
             elif len(words) == 1 and words[0].startswith("/tmp/sysctl_restore_"):
                 pass   # set_sysctls.py's undo script, run at the end: each run starts afresh
+            elif words[:3] == ["ethtool", "-K", "tun0"] and len(words) % 2 == 1 and \
+                    all(w in ("tso", "gso", "on", "off") for w in words[3:]):
+                # TSO only moves where segmentation happens (the runner's segments are the
+                # wire's either way); with GSO off, TCP builds one-MSS skbs (gso_max_segs 1).
+                settings = dict(zip(words[3::2], words[4::2]))
+                if "gso" in settings:
+                    self.gso_max_segs = 1 if settings["gso"] == "off" else GSO_MAX_SEGS
+                    if self.host is not None:
+                        self.host.device.gso_max_segs = self.gso_max_segs
             elif words[:3] in (["tc", "qdisc", "add"], ["tc", "qdisc", "replace"]) and \
                     words[-1] in ("pfifo", "pfifo_fast"):
                 pass   # a FIFO qdisc neither paces nor reorders: the stack's device is one
@@ -545,7 +557,12 @@ class ScriptRunner:
             self._fail(line, f"fd {fd} is not an open socket")
         return sock
 
-    def _new_fd(self, sock: Socket) -> int:
+    def _new_fd(self, sock: Socket, want: int | None = None) -> int:
+        """A descriptor for ``sock``: the one the script names if it is free (packetdrill maps
+        a script's fd numbers onto whatever the kernel returns), else the lowest free."""
+        if want is not None and want >= 0 and want not in self.fds:
+            self.fds[want] = sock
+            return want
         fd = 3
         while fd in self.fds:
             fd += 1
@@ -617,7 +634,7 @@ class ScriptRunner:
 
     def _sys_socket(self, ev: Syscall):
         sock = Socket(self.host)
-        return self._done(self._new_fd(sock))
+        return self._done(self._new_fd(sock, ev.result))
 
     def _sys_bind(self, ev: Syscall):
         sock = self._sock(ev.args[0], ev.line)
@@ -629,7 +646,7 @@ class ScriptRunner:
 
     def _sys_accept(self, ev: Syscall):
         sock = self._sock(ev.args[0], ev.line)
-        return sock.accept(), self._new_fd
+        return sock.accept(), lambda child: self._new_fd(child, ev.result)
 
     def _sys_connect(self, ev: Syscall):
         sock = self._sock(ev.args[0], ev.line)
