@@ -5,6 +5,14 @@ behind a tun-like device that completes transmission at once, in the
 environment of ``shared/conformance/README.md`` (addresses, the sysctl
 defaults of packetdrill's defaults.sh, packetdrill's timing tolerance and its
 rules for relative times and ranges).
+
+What packetdrill's own test suite uses is understood the way packetdrill does: a line may
+match several packets that add up to it (unless ``--strict_segments``), script fd numbers
+map onto the stack's, ``--tolerance_usecs``-style options, ``%{ }%`` code blocks against
+the socket's TCP_INFO (``stack.packetdrill.code``), poll(), blocking calls that resume
+when their socket is woken, and the setup helpers (defaults.sh, set_sysctls.py, sysctl,
+``ip link ... mtu``, ``ethtool -K tun0 tso|gso``, a FIFO qdisc). The timer model is the
+reference kernel's HZ=250 jiffies.
 """
 
 from __future__ import annotations
