@@ -26,8 +26,7 @@ class NetDevice:
         self.rate_bps = rate_bps
         self.tx_completion_delay_s = tx_completion_delay_s
         self.txqueuelen = txqueuelen
-        # dev->gso_max_segs: 1 when GSO is off (ethtool -K gso off), so TCP builds one-MSS skbs.
-        self.gso_max_segs = GSO_MAX_SEGS
+        self.gso_max_segs = GSO_MAX_SEGS   # dev->gso_max_segs: what one TSO/GSO packet may hold
         self.busy_until = 0.0
         self._frames: deque = deque()        # (due, Segment) in due order
         self._completions: deque = deque()   # (due, Segment) in due order

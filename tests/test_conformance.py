@@ -453,17 +453,25 @@ def test_script_fd_numbers_are_mapped_like_packetdrill(tmp_path):
     assert result.passed, result.failure.render()
 
 
-def test_gso_off_makes_one_mss_skbs(tmp_path):
-    """`ethtool -K tun0 gso off`: dev->gso_max_segs 1, so size_goal is one MSS and a 3000-byte
-    write is three skbs, each of which would take its own PSH decision."""
-    from stack.packetdrill import parse_file
-    from stack.packetdrill.runner import ScriptRunner
+def test_gso_off_leaves_tcp_building_gso_packets(tmp_path):
+    """`ethtool -K tun0 tso off gso off` does not stop TCP's GSO (sk_setup_caps() forces it):
+    with TCP_NODELAY a 2002-byte write at MSS 974 leaves as a two-segment packet, cut in
+    software (974, then 974 with the GSO packet's PSH), and the 54-byte tail, as Linux 6.18
+    sends it (packetdrill's nagle/https_client.pkt)."""
     path = tmp_path / "gso.pkt"
-    path.write_text(CODE_SCRIPT.replace("`sysctl -q net.ipv4.tcp_min_tso_segs=1`",
-                                        "`ethtool -K tun0 tso off gso off`")
-                    + "   +0 write(4, ..., 3000) = 3000\n")
-    runner = ScriptRunner(parse_file(path))
-    assert runner.run().passed
-    tp = runner.fds[4].tp
-    assert [len(skb.data) for skb in tp.rtx_queue] == [1000, 1000, 1000]
-    assert runner.host.device.gso_max_segs == 1
+    path.write_text("""`ethtool -K tun0 tso off gso off
+sysctl -q net.ipv4.tcp_timestamps=0`
+    0 socket(..., SOCK_STREAM, IPPROTO_TCP) = 4
+   +0 fcntl(4, F_SETFL, O_RDWR|O_NONBLOCK) = 0
+   +0 setsockopt(4, SOL_TCP, TCP_NODELAY, [1], 4) = 0
+   +0 connect(4, ..., ...) = -1 EINPROGRESS (Operation now in progress)
+   +0 > S 0:0(0) <mss 1460,nop,nop,sackOK,nop,wscale 8>
+  +.1 < S. 0:0(0) ack 1 win 5792 <mss 974,nop,nop,sackOK,nop,wscale 7>
+   +0 > . 1:1(0) ack 1
+   +0 write(4, ..., 2002) = 2002
+   +0 > . 1:975(974) ack 1
+   +0 > P. 975:1949(974) ack 1
+   +0 > P. 1949:2003(54) ack 1
+""")
+    result = run_script(path)
+    assert result.passed, result.failure.render()

@@ -30,7 +30,6 @@ from ..constants import (
     IP_PMTUDISC_DO, IP_PMTUDISC_DONT, IP_PMTUDISC_INTERFACE, IP_PMTUDISC_OMIT, IP_PMTUDISC_PROBE,
     IP_PMTUDISC_WANT,
 )
-from ..constants import GSO_MAX_SEGS
 from ..debug import flags_str
 from .code import CodeRunner
 from ..host import Host
@@ -168,7 +167,6 @@ class ScriptRunner:
         self.seed = seed
         self.code = CodeRunner()
         self.strict_segments = False
-        self.gso_max_segs = GSO_MAX_SEGS
         self.host: Host | None = None
         self.now = 0.0
         self.fds: dict[int, Socket] = {}
@@ -193,7 +191,6 @@ class ScriptRunner:
                     self._shell(ev)
             self.host = Host(LOCAL_IP, name="sut", mtu=self.mtu, sysctl=self.sysctl,
                              seed=self.seed, tracer=self.tracer)
-            self.host.device.gso_max_segs = self.gso_max_segs
             for ev in events:
                 if isinstance(ev, ShellCommand) and ev.time is None:
                     continue
@@ -520,13 +517,10 @@ class ScriptRunner:
                 pass   # set_sysctls.py's undo script, run at the end: each run starts afresh
             elif words[:3] == ["ethtool", "-K", "tun0"] and len(words) % 2 == 1 and \
                     all(w in ("tso", "gso", "on", "off") for w in words[3:]):
-                # TSO only moves where segmentation happens (the runner's segments are the
-                # wire's either way); with GSO off, TCP builds one-MSS skbs (gso_max_segs 1).
-                settings = dict(zip(words[3::2], words[4::2]))
-                if "gso" in settings:
-                    self.gso_max_segs = 1 if settings["gso"] == "off" else GSO_MAX_SEGS
-                    if self.host is not None:
-                        self.host.device.gso_max_segs = self.gso_max_segs
+                # TCP keeps building GSO skbs whatever the device says (sk_setup_caps() forces
+                # NETIF_F_GSO for TCP); TSO and GSO only decide where they are cut, and the
+                # runner's segments are the wire's either way.
+                pass
             elif words[:3] in (["tc", "qdisc", "add"], ["tc", "qdisc", "replace"]) and \
                     words[-1] in ("pfifo", "pfifo_fast"):
                 pass   # a FIFO qdisc neither paces nor reorders: the stack's device is one
