@@ -236,6 +236,23 @@ def test_dumbbell_over_three_workers_with_switch_ends_on_its_crossing_links(up, 
 
 
 @emulation
+def test_without_placement_the_whole_topology_runs_on_the_first_worker(up, tmp_path):
+    topo = tmp_path / "two_hosts.yaml"
+    topo.write_text(_bulk_two_hosts((TOPOLOGIES / "two_hosts.yaml").read_text()))
+    wf = up.workers_file(tmp_path / "workers.yaml", ["w2", "w1"])
+    out = tmp_path / "out"
+    rc, text = _run(up, ["run", str(topo), "--backend", "mininet", "--workers", str(wf),
+                         "--out", str(out)])
+    assert rc == 0, text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["emulation"]["workers"] == {"w2": s["emulation"]["workers"]["w2"]}
+    assert s["emulation"]["workers"]["w2"]["nodes"] == ["h1", "h2"]
+    assert s["emulation"]["tunnels"] == []
+    (flow,) = s["flows"]
+    assert flow["completed"] and flow["intact"] and flow["bytes_received"] == 1_000_000
+
+
+@emulation
 def test_an_underlay_too_small_for_the_link_is_refused_before_anything_is_built(up, tmp_path):
     topo = _topology(tmp_path, "two_hosts.yaml", {"h1": "w1", "h2": "w2"})
     wf = up.workers_file(tmp_path / "workers.yaml", ["w1", "w2"])
