@@ -9,8 +9,6 @@ and autocorking, as in the kernel.
 
 from __future__ import annotations
 
-from .constants import GSO_MAX_SEGS
-
 from collections import deque
 
 from .segment import Segment
@@ -26,7 +24,6 @@ class NetDevice:
         self.rate_bps = rate_bps
         self.tx_completion_delay_s = tx_completion_delay_s
         self.txqueuelen = txqueuelen
-        self.gso_max_segs = GSO_MAX_SEGS   # dev->gso_max_segs: what one TSO/GSO packet may hold
         self.busy_until = 0.0
         self._frames: deque = deque()        # (due, Segment) in due order
         self._completions: deque = deque()   # (due, Segment) in due order

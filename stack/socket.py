@@ -44,6 +44,10 @@ class Op:
             self.result = value
         return True
 
+    def sockets(self) -> list:
+        """The sockets whose wake-ups may let the call proceed."""
+        return [self.sock]
+
     def raise_error(self) -> None:
         if self.error:
             raise OSError(self.error, _errno.errorcode.get(self.error, str(self.error)))
@@ -143,6 +147,9 @@ class PollCall(Op):
         super().__init__(entries[0][0] if entries else None)
         self.entries = entries
         self.deadline = deadline
+
+    def sockets(self) -> list:
+        return [sock for sock, _ in self.entries]
 
     def revents(self) -> list[int]:
         return [tcp_poll(sock.tp) & (events | POLLERR | POLLHUP) for sock, events in self.entries]

@@ -389,12 +389,10 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
         if before(ack, (prior_snd_una - tp.max_window) & 0xFFFFFFFF):
             return -1
         if sack:
-            prior_delivered = tp.delivered
-            flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state,
-                                                          now, ack)
+            flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, ack,
+                                                          sack_state, now)
             flag, rexmit = _tcp_recovery.tcp_fastretrans_alert(tp, prior_snd_una, 0, flag, now)
             _tcp_recovery.tcp_xmit_recovery(tp, rexmit, now)
-            del prior_delivered
         return 0
     if after(ack, tp.snd_nxt):
         return -1
@@ -410,8 +408,8 @@ def tcp_ack(tp, seg, flag: int, now: float) -> int:
     tp.sk_err_soft = 0
     tp.probes_out = 0
     if sack:
-        flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, sack_state, now,
-                                                      ack)
+        flag |= _tcp_recovery.tcp_sacktag_write_queue(tp, sack, prior_snd_una, ack, sack_state,
+                                                      now)
     if seg.payload or seg.flags & (TCPHDR_SYN | TCPHDR_FIN):
         flag |= FLAG_DATA
     if not prior_packets:

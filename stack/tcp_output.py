@@ -7,7 +7,7 @@ first and the current time last; nothing here blocks or sleeps.
 from __future__ import annotations
 
 from .constants import (
-    GSO_LEGACY_MAX_SIZE, ICSK_ACK_PUSHED, ICSK_ACK_SCHED, ICSK_ACK_TIMER,
+    GSO_LEGACY_MAX_SIZE, GSO_MAX_SEGS, ICSK_ACK_PUSHED, ICSK_ACK_SCHED, ICSK_ACK_TIMER,
     ICSK_TIME_LOSS_PROBE, ICSK_TIME_PROBE0, ICSK_TIME_REO_TIMEOUT, ICSK_TIME_RETRANS,
     IP_HEADER_LEN, MAX_TCP_HEADER, TCP_CA_CWR, TCP_CA_Loss, TCP_CA_Recovery,
     TCP_CLOSE,
@@ -100,7 +100,7 @@ def tcp_xmit_size_goal(tp, mss_now: int, large_allowed: bool) -> int:
     new_size_goal = tcp_bound_to_half_wnd(tp, SK_GSO_MAX_SIZE)
     size_goal = tp.gso_segs * mss_now
     if new_size_goal < size_goal or new_size_goal >= size_goal + mss_now:
-        tp.gso_segs = min(new_size_goal // mss_now, tp.host.device.gso_max_segs)
+        tp.gso_segs = min(new_size_goal // mss_now, GSO_MAX_SEGS)
         size_goal = tp.gso_segs * mss_now
     return max(size_goal, mss_now)
 
@@ -126,7 +126,7 @@ def tcp_tso_autosize(tp, mss_now: int, min_tso_segs: int) -> int:
 def tcp_tso_segs(tp, mss_now: int) -> int:
     min_tso = tp.ca_ops.min_tso_segs(tp) if tp.ca_ops and tp.ca_ops.min_tso_segs else \
         tp.sysctl.tcp_min_tso_segs
-    return min(tcp_tso_autosize(tp, mss_now, min_tso), tp.host.device.gso_max_segs)
+    return min(tcp_tso_autosize(tp, mss_now, min_tso), GSO_MAX_SEGS)
 
 
 # --- skb segment counts, splitting ---------------------------------------------------------

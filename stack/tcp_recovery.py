@@ -83,11 +83,10 @@ def tcp_any_retrans_done(tp) -> bool:
 
 # --- SACK scoreboard -----------------------------------------------------------------------
 
-def tcp_sacktag_write_queue(tp, blocks, prior_snd_una: int, state: dict, now: float,
-                            ack: int | None = None) -> int:
+def tcp_sacktag_write_queue(tp, blocks, prior_snd_una: int, ack: int, state: dict,
+                            now: float) -> int:
     """Mark the skbs the peer's SACK blocks cover; FLAG_DATA_SACKED if any were new."""
     flag = 0
-    ack = prior_snd_una if ack is None else ack
     state["reord"] = tp.snd_nxt    # lowest never-retransmitted seq SACKed below the highest
     for i, (start, end) in enumerate(blocks):
         if i == 0 and (before(start, ack) or _inside_later_block(blocks, start, end)):
@@ -528,12 +527,19 @@ def tcp_try_undo_recovery(tp) -> bool:
         tcp_undo_cwnd_reduction(tp, False)
     elif tp.rack_reo_wnd_persist:
         tp.rack_reo_wnd_persist -= 1
+    if tcp_is_non_sack_preventing_reopen(tp):
+        return True
+    tcp_set_ca_state(tp, TCP_CA_Open)
+    return False
+
+
+def tcp_is_non_sack_preventing_reopen(tp) -> bool:
+    """NewReno holds the recovery state until something above high_seq is ACKed (RFC 6582:
+    no false fast retransmits); SACK needs no such hold."""
     if tp.snd_una == tp.high_seq and not tcp_is_sack(tp):
-        # NewReno: hold the state until something above high_seq is ACKed.
         if not tcp_any_retrans_done(tp):
             tp.retrans_stamp = 0
         return True
-    tcp_set_ca_state(tp, TCP_CA_Open)
     return False
 
 
@@ -575,10 +581,7 @@ def tcp_try_undo_loss(tp, frto_undo: bool) -> bool:
     if frto_undo or tcp_may_undo(tp):
         tcp_undo_cwnd_reduction(tp, True)
         tp.retransmits = 0
-        if tp.snd_una == tp.high_seq and not tcp_is_sack(tp):
-            # NewReno: hold the state until something above high_seq is ACKed.
-            if not tcp_any_retrans_done(tp):
-                tp.retrans_stamp = 0
+        if tcp_is_non_sack_preventing_reopen(tp):
             return True
         if frto_undo or tcp_is_sack(tp):
             tcp_set_ca_state(tp, TCP_CA_Open)

@@ -72,6 +72,7 @@ from .link_model import derive_seed
 from .run import (
     SUMMARY_VERSION, _flow_specs, _longest_stall, _percentile, _tcp_payload_for, _write_latencies,
 )
+from .split import TunnelEnd
 from .topology import Topology, require_backend
 from .traffic import FlowRecord
 
@@ -498,7 +499,6 @@ class EmulatedNetwork:
     def _tunnel_device(self, end: dict, ns, name: str) -> None:
         """The VXLAN device of ``end``, made where the underlay is (this process's namespace,
         so its UDP socket stays there) and moved into ``ns`` as ``name``."""
-        from .split import TunnelEnd
         te = TunnelEnd(**{k: v for k, v in end.items() if k != "link"})
         add, set_mtu, _up = te.commands()
         netns_mod.run_here(add)

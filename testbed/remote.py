@@ -331,12 +331,14 @@ def remote_info(conn: Connection, timeout_s: float = 60.0) -> dict:
 
 
 class Agent:
-    """``remote_cell --serve`` on a worker: one slot's cells, one at a time."""
+    """``remote_cell --serve`` on a worker: one slot's cells, one at a time; with ``part``,
+    ``remote_cell --part``: the worker's share of a split topology (testbed.split_run)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, part: bool = False) -> None:
         self.conn = conn
         worker = conn.worker
-        self.chan = conn.exec(remote_command(worker, "--serve", worker.work_dir))
+        mode, role = ("--part", "part") if part else ("--serve", "cell")
+        self.chan = conn.exec(remote_command(worker, mode, worker.work_dir))
         self.lines = _Lines(self.chan)
         end = time.monotonic() + HELLO_TIMEOUT_S
         try:
@@ -345,10 +347,12 @@ class Agent:
             self.chan.close()
             raise RemoteError(f"the sendlab agent did not start ({exc}); check sendlab_path "
                               f"{worker.sendlab_path} and python {worker.python}") from None
-        if self.hello.get("event") != "hello" or self.hello.get("protocol") != PROTOCOL:
+        if self.hello.get("event") != "hello" or self.hello.get("protocol") != PROTOCOL or \
+                self.hello.get("role", "cell") != role:
             self.chan.close()
             raise RemoteError(f"the worker's sendlab speaks protocol "
-                              f"{self.hello.get('protocol')!r}, not {PROTOCOL}; update it")
+                              f"{self.hello.get('protocol')!r} as {self.hello.get('role')!r}, "
+                              f"not {PROTOCOL} as {role!r}; update it")
 
     def request(self, req: dict) -> None:
         try:

@@ -183,6 +183,17 @@ def run_one(data: dict, cell_dir: Path, out_dir: Path) -> dict:
     return summary
 
 
+def parse_request(line: str, send) -> dict | None:
+    """A JSON request with an "op"; None (after telling the coordinator) if it is not one."""
+    try:
+        req = json.loads(line)
+        req["op"]
+    except (ValueError, KeyError, TypeError) as exc:
+        send({"event": "error", "message": f"bad request: {exc}"})
+        return None
+    return req
+
+
 def _describe(exc: BaseException) -> str:
     tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
     return f"{type(exc).__name__}: {exc}\n" + "".join(tb[-3:])
@@ -257,12 +268,10 @@ class Agent:
 
     def handle(self, line: str) -> bool:
         """One request; False when the coordinator has gone (stop serving)."""
-        try:
-            req = json.loads(line)
-            op = req["op"]
-        except (ValueError, KeyError, TypeError) as exc:
-            self.send({"event": "error", "message": f"bad request: {exc}"})
+        req = parse_request(line, self.send)
+        if req is None:
             return True
+        op = req["op"]
         if op == "clean":
             cell_id = str(req.get("cell_id", ""))
             if _CELL_ID.match(cell_id):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from .emulate import EmulatedNetwork, EmulationError, EmuOptions
 from .netns import run_here
-from .remote_cell import PROTOCOL, _describe, identity
+from .remote_cell import PROTOCOL, _describe, identity, parse_request
 from .topology import load_topology
 
 log = logging.getLogger(__name__)
@@ -125,12 +125,10 @@ class PartAgent:
 
     def handle(self, line: str) -> bool:
         """One request; False after a close."""
-        try:
-            req = json.loads(line)
-            op = req["op"]
-        except (ValueError, KeyError, TypeError) as exc:
-            self.send({"event": "error", "message": f"bad request: {exc}"})
+        req = parse_request(line, self.send)
+        if req is None:
             return True
+        op = req["op"]
         if op == "close":
             return False
         handler = getattr(self, f"op_{op}", None)

@@ -49,7 +49,6 @@ import dpkt
 from . import remote as remote_mod
 from .emulate import EmulatedNetwork, EmulationError, RECEIVER_GRACE_S, _is_main_thread
 from .emulate import _LinkBuild
-from .remote_cell import PROTOCOL
 from .shaper import PcapWriter
 from .split import Partition, Tunnel, Underlay, partition, part_spec, plan_vxlan
 from .topology import Topology
@@ -59,7 +58,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SplitRunError", "run_split", "merge_pcaps"]
 
-HELLO_TIMEOUT_S = 60.0
 STEP_TIMEOUT_S = {"underlay": 30.0, "built": 240.0, "ready": 60.0, "going": 30.0,
                   "stopped": 90.0, "closed": 90.0}
 GO_DELAY_S = 0.5
@@ -82,21 +80,10 @@ class Part:
         self.worker = worker
         self.conn = conn
         self.events = events
-        self.chan = conn.exec(remote_mod.remote_command(worker, "--part", worker.work_dir))
-        self.lines = remote_mod._Lines(self.chan)
-        end = time.monotonic() + HELLO_TIMEOUT_S
         try:
-            hello = self.lines.next(lambda: end)
-        except remote_mod.Lost as exc:
-            self.chan.close()
-            raise SplitRunError(f"worker {worker.name}: the sendlab part did not start ({exc}); "
-                                f"check sendlab_path {worker.sendlab_path} and python "
-                                f"{worker.python}") from None
-        if hello.get("protocol") != PROTOCOL or hello.get("role") != "part":
-            self.chan.close()
-            raise SplitRunError(f"worker {worker.name}: its sendlab does not build topology "
-                                f"parts (protocol {hello.get('protocol')!r}); update it")
-        self.hello = hello
+            self.agent = remote_mod.Agent(conn, part=True)
+        except (remote_mod.RemoteError, remote_mod.Lost) as exc:
+            raise SplitRunError(f"worker {worker.name}: {exc}") from None
         self.closed_seen = False
         self.lost = False
         self._stop = threading.Event()
@@ -107,7 +94,7 @@ class Part:
     def _read(self) -> None:
         while True:
             try:
-                ev = self.lines.next(lambda: time.monotonic() + 3600, self._stop)
+                ev = self.agent.lines.next(lambda: time.monotonic() + 3600, self._stop)
             except remote_mod.Lost as exc:
                 self.lost = True
                 self.events.put((self, {"event": "lost", "message": str(exc)}))
@@ -118,26 +105,20 @@ class Part:
 
     def request(self, op: str, **fields) -> None:
         try:
-            self.chan.sendall((json.dumps({"op": op, **fields}) + "\n").encode())
-        except (OSError, EOFError) as exc:
-            raise SplitRunError(f"worker {self.worker.name}: connection broke during {op}: "
-                                f"{exc or type(exc).__name__}") from None
-        except Exception as exc:  # paramiko.SSHException and friends
-            raise SplitRunError(f"worker {self.worker.name}: connection broke during {op}: "
-                                f"{exc or type(exc).__name__}") from None
+            self.agent.request({"op": op, **fields})
+        except remote_mod.Lost as exc:
+            raise SplitRunError(f"worker {self.worker.name}: during {op}: {exc}") from None
 
     def fetch(self, remote_dir: str, local_dir: Path) -> None:
-        sftp = self.conn.sftp()
         try:
-            remote_mod._get_tree(sftp, remote_dir, local_dir)
-        except Exception as exc:  # OSError, EOFError, paramiko.SSHException
-            raise SplitRunError(f"worker {self.worker.name}: copying its results back failed: "
-                                f"{exc or type(exc).__name__}") from None
+            self.agent.fetch(remote_dir, local_dir)
+        except remote_mod.Lost as exc:
+            raise SplitRunError(f"worker {self.worker.name}: {exc}") from None
 
     def close(self) -> None:
         self._stop.set()
         with contextlib.suppress(Exception):
-            self.chan.close()
+            self.agent.close()
         self.conn.close()
 
 

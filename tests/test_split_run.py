@@ -286,14 +286,8 @@ def test_a_worker_lost_mid_run_fails_the_run_naming_it_and_the_other_tears_down(
     """w2 dies mid-run (its sshd and everything under it): the coordinator says which worker
     it lost, w1 removes its part; what w2's part left (nobody was there to remove it) goes with
     `sendlab clean` on w2, by the records the part kept."""
-    topo = _topology(tmp_path, "pmtu_blackhole.yaml",
-                     {"h1": "w1", "r1": "w1", "r2": "w2", "h2": "w2"})
-    wf = up.workers_file(tmp_path / "workers.yaml", ["w1", "w2"])
     before = _namespaces()
-    log = tmp_path / "coordinator.log"
-    coord = _coordinator(up, ["run", str(topo), "--backend", "mininet", "--workers", str(wf),
-                              "--out", str(tmp_path / "out"), "--set", "run.duration_s=60",
-                              "--set", "run.stall_timeout_s=60"], log)
+    coord, log = _long_split_run(up, tmp_path)
     try:
         assert _wait_for(lambda: b"running" in log.read_bytes(), 120), log.read_text()
         made = _namespaces() - before
@@ -315,10 +309,19 @@ def test_a_worker_lost_mid_run_fails_the_run_naming_it_and_the_other_tears_down(
     assert _wait_for(lambda: not (_namespaces() & made), 30), _namespaces() & made
 
 
-def _coordinator(lab: Lab, argv: list[str], log: Path) -> subprocess.Popen:
+def _long_split_run(lab: Lab, tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    """`sendlab run` of pmtu_blackhole split over w1 and w2, set to run for a minute, as a
+    coordinator process of its own (so a test can kill it); its output goes to the log."""
+    topo = _topology(tmp_path, "pmtu_blackhole.yaml",
+                     {"h1": "w1", "r1": "w1", "r2": "w2", "h2": "w2"})
+    wf = lab.workers_file(tmp_path / "workers.yaml", ["w1", "w2"])
+    log = tmp_path / "coordinator.log"
+    argv = ["run", str(topo), "--backend", "mininet", "--workers", str(wf), "--out",
+            str(tmp_path / "out"), "--set", "run.duration_s=60", "--set", "run.stall_timeout_s=60"]
     with open(log, "wb") as f:
-        return subprocess.Popen(["ip", "netns", "exec", lab.coord.name, sys.executable, "-m",
+        proc = subprocess.Popen(["ip", "netns", "exec", lab.coord.name, sys.executable, "-m",
                                  "testbed.cli", *argv], cwd=ROOT, stdout=f, stderr=f)
+    return proc, log
 
 
 def _wait_for(what, timeout: float, step: float = 0.1):
@@ -337,14 +340,8 @@ def test_an_interrupted_coordinator_leaves_nothing_on_the_workers(up, tmp_path, 
     """Mid-run, the coordinator is killed (its connections drop: each part sees its stdin
     close) or terminated (it closes the parts itself): either way every worker removes its
     namespaces, processes and tunnel devices."""
-    topo = _topology(tmp_path, "pmtu_blackhole.yaml",
-                     {"h1": "w1", "r1": "w1", "r2": "w2", "h2": "w2"})
-    wf = up.workers_file(tmp_path / "workers.yaml", ["w1", "w2"])
     before = _namespaces()
-    log = tmp_path / "coordinator.log"
-    coord = _coordinator(up, ["run", str(topo), "--backend", "mininet", "--workers", str(wf),
-                              "--out", str(tmp_path / "out"), "--set", "run.duration_s=60",
-                              "--set", "run.stall_timeout_s=60"], log)
+    coord, log = _long_split_run(up, tmp_path)
     try:
         assert _wait_for(lambda: b"running" in log.read_bytes(), 120), log.read_text()
         made = _namespaces() - before

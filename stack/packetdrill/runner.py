@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno as _errno
 import math
+import shlex
 from dataclasses import dataclass
 
 from ..constants import (
@@ -31,11 +32,13 @@ from ..constants import (
     IP_PMTUDISC_WANT,
 )
 from ..debug import flags_str
-from .code import CodeRunner
 from ..host import Host
+from ..info import tcp_info
 from ..segment import IcmpError, Segment
-from ..socket import Socket
+from ..socket import PollCall, Socket
+from ..seq import seq_sub
 from ..sysctl import Sysctl, SysctlError
+from .code import CodeError, CodeRunner
 from .parser import (
     AnyOptions, CodeBlock, Elided, IcmpPacket, IntList, IovecList, MsgHdr, PacketdrillSyntaxError,
     PollFdList, Script, ShellCommand, String, Symbol, Syscall, TcpPacket, parse_file,
@@ -103,11 +106,6 @@ def _join_continued(commands) -> list[str]:
     if pending.strip():
         out.append(pending)
     return out
-
-
-def _shell_words(cmd: str) -> list[str]:
-    import shlex
-    return shlex.split(cmd)
 
 
 def _poll_names(mask: int) -> str:
@@ -288,8 +286,6 @@ class ScriptRunner:
     def _code(self, ev: CodeBlock) -> None:
         """A `%{ }%` block, against TCP_INFO of the socket under test (the newest one that is
         not listening), as packetdrill evaluates it."""
-        from ..info import tcp_info
-        from .code import CodeError
         socks = [sock for fd, sock in sorted(self.fds.items(), reverse=True)
                  if sock.tp.state != TCP_LISTEN]
         if not socks:
@@ -507,7 +503,7 @@ class ScriptRunner:
                 for key, value in PACKETDRILL_SYSCTLS.items():   # what it sets, as run here
                     self.sysctl.set(key, value)
             elif words and words[0].endswith("common/set_sysctls.py"):
-                for arg in _shell_words(cmd)[1:]:
+                for arg in shlex.split(cmd)[1:]:
                     if not arg.startswith("/proc/sys/"):
                         self._fail(ev.line, f"set_sysctls.py wants /proc/sys/...=V: {arg!r}")
                     path, _, value = arg.partition("=")
@@ -596,7 +592,7 @@ class ScriptRunner:
         ev, op, post, base = self.pending
         # A blocked call runs again only when its socket is woken (sk_stream_write_space(),
         # data, a state change), as a sleeping process would; a poll() also at its timeout.
-        tps = {sock.tp for sock, _ in op.entries} if hasattr(op, "entries") else {op.sock.tp}
+        tps = {sock.tp for sock in op.sockets()}
         deadline = getattr(op, "deadline", None)
         timed_out = deadline is not None and self.now >= deadline
         if not (tps & self.host.woken) and not timed_out:
@@ -740,7 +736,6 @@ class ScriptRunner:
     def _sys_poll(self, ev: Syscall):
         """poll([{fd=N, events=E, revents=R}, ...], nfds, timeout_ms): ready sockets' count;
         each revents must be what the script says. A timeout of -1 waits without limit."""
-        from ..socket import PollCall
         if len(ev.args) != 3 or not isinstance(ev.args[0], PollFdList):
             self._fail(ev.line, "poll() needs [{fd=N, events=E, revents=R}, ...], nfds, timeout")
         fds = ev.args[0].fds
@@ -767,7 +762,6 @@ class ScriptRunner:
 
     def _sys_ioctl(self, ev: Syscall):
         """SIOCINQ (unread bytes), SIOCOUTQ (unacked + unsent), SIOCOUTQNSD (unsent)."""
-        from ..seq import seq_sub
         sock = self._sock(ev.args[0], ev.line)
         request = self._sym(ev.args[1], ev.line)
         tp = sock.tp
