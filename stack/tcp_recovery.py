@@ -553,28 +553,27 @@ def tcp_try_undo_dsack(tp) -> bool:
     return False
 
 
-def tcp_try_undo_partial(tp, prior_snd_una: int) -> tuple[bool, bool]:
+def tcp_try_undo_partial(tp, prior_snd_una: int, do_lost: bool) -> tuple[bool, bool]:
     """A partial ACK in Recovery: undo if it proves the original was only delayed (timestamps);
     returns (stop here, do_lost)."""
     if tp.undo_marker and tcp_packet_delayed(tp):
         tcp_check_sack_reordering(tp, prior_snd_una, 1)
         if tp.retrans_out:
             # More reordering than we thought: clock out new data, retransmit no more.
-            return True, False
+            return True, do_lost
         if not tcp_any_retrans_done(tp):
             tp.retrans_stamp = 0
         tcp_undo_cwnd_reduction(tp, True)
         tp.host.mib["TcpExtTCPPartialUndo"] += 1
         tcp_try_keep_open(tp)
-        return False, False
+        return False, do_lost
     return False, tcp_force_fast_retransmit(tp)
 
 
 def tcp_force_fast_retransmit(tp) -> bool:
     """SACKs reach more than dupthresh segments past snd_una."""
-    if tp.highest_sack is None:
-        return False
-    return after(tp.highest_sack, (tp.snd_una + tp.reordering * tp.mss_cache) & 0xFFFFFFFF)
+    return after(tcp_highest_sack_seq(tp),
+                 (tp.snd_una + tp.reordering * tp.mss_cache) & 0xFFFFFFFF)
 
 
 def tcp_try_undo_loss(tp, frto_undo: bool) -> bool:
@@ -725,7 +724,7 @@ def tcp_fastretrans_alert(tp, prior_snd_una: int, num_dupack: int, flag: int,
             if not tcp_is_sack(tp):
                 tcp_add_reno_sack(tp, num_dupack)
         else:
-            stop, do_lost = tcp_try_undo_partial(tp, prior_snd_una)
+            stop, do_lost = tcp_try_undo_partial(tp, prior_snd_una, do_lost)
             if stop:
                 return flag, REXMIT_NONE
         if tcp_try_undo_dsack(tp):
